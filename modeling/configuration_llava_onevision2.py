@@ -115,7 +115,7 @@ class LlavaOnevision2VisionConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
-        """Checks the shapes that the 3-D rotary split and the merger rely on."""
+        """Checks the shapes that the 3-D rotary split and the merger rely on (run by `@strict` on construction)."""
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"vision hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -178,7 +178,6 @@ class LlavaOnevision2Config(PreTrainedConfig):
             text_class = AutoConfig.for_model(text.get("model_type", "qwen3")).__class__
             self.text_config = coerce_int_floats(text_class, text)
         super().__post_init__(**kwargs)
-        self.vision_config.validate_architecture()
         # Token ids the generation utilities look for live on the text model; copy them up when unset.
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if getattr(self, name) is None:

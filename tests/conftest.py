@@ -1,0 +1,91 @@
+"""Tiny configurations and input builders shared by the test modules.
+
+The tiny model still reaches every path: head_dim 32 (the smallest the 4:6:6 rotary split allows), merge 2,
+2-frame attention windows, GQA in the text model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
+
+PAD, BOS, EOS, VISION_START, VISION_END, IMAGE, VIDEO = 0, 1, 2, 3, 4, 5, 6
+MERGE = 2
+PATCH = 4
+ROW_WIDTH = 3 * PATCH * PATCH
+
+
+def tiny_config(vision: dict | None = None, text: dict | None = None, **top) -> LlavaOnevision2Config:
+    vision_config = dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=PATCH,
+        spatial_merge_size=MERGE,
+        out_hidden_size=48,
+        frame_windows_size=2,
+    )
+    text_config = dict(
+        model_type="qwen3",
+        vocab_size=96,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+    )
+    vision_config.update(vision or {})
+    text_config.update(text or {})
+    values = dict(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=IMAGE,
+        video_token_id=VIDEO,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+    values.update(top)
+    return LlavaOnevision2Config(**values)
+
+
+def tiny_model(attn: str | dict = "sdpa", seed: int = 0, config: LlavaOnevision2Config | None = None, cls=None):
+    cls = cls or LlavaOnevision2ForConditionalGeneration
+    torch.manual_seed(seed)
+    model = cls._from_config(config or tiny_config(), attn_implementation=attn)
+    return model.eval()
+
+
+def tokens_for(grid: list[list[int]] | torch.Tensor) -> int:
+    grid = torch.as_tensor(grid)
+    return int(grid.prod(-1).sum()) // MERGE**2
+
+
+def pixels_for(grid: list[list[int]], seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(tokens_for(grid) * MERGE**2, ROW_WIDTH, generator=generator)
+
+
+def prompt(*segments) -> list[int]:
+    """Token ids from segments: a list of text ids, or ("image" | "video", number_of_placeholder_tokens)."""
+    ids = [BOS]
+    for segment in segments:
+        if isinstance(segment, tuple):
+            kind, count = segment
+            ids += [VISION_START] + [IMAGE if kind == "image" else VIDEO] * count + [VISION_END]
+        else:
+            ids += list(segment)
+    return ids
+
+
+@pytest.fixture
+def model():
+    return tiny_model()
