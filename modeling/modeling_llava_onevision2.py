@@ -5,7 +5,6 @@ Reads top-down, leaves first: vision attention -> MLP -> encoder layer -> encode
 State-dict keys match the released checkpoints: `model.visual.*`, `model.language_model.*`, `lm_head.weight`.
 """
 
-from __future__ import annotations
 
 from collections.abc import Callable
 
@@ -386,6 +385,9 @@ def text_position_ids(
 class LlavaOnevision2Model(LlavaOnevision2PreTrainedModel):
     """Vision tower + language model. Encodes images and videos, writes their features over the placeholder tokens,
     and runs the language model with plain 1-D positions (temporal order reaches it only through text timestamps)."""
+
+    # Loading a full checkpoint into the base model (AutoModel) leaves the head unused; that is expected.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
 
     def __init__(self, config: LlavaOnevision2Config):
         super().__init__(config)
