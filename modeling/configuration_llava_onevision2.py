@@ -44,7 +44,9 @@ def _float_only_fields(config_class: type) -> set[str]:
     names = set()
     for field in dataclasses.fields(config_class):
         # Annotations may be objects or strings (postponed evaluation); their text is enough here.
-        spelled = field.type if isinstance(field.type, str) else repr(field.type).replace("<class '", "").replace("'>", "")
+        spelled = (
+            field.type if isinstance(field.type, str) else repr(field.type).replace("<class '", "").replace("'>", "")
+        )
         members = {member.strip() for member in re.split(r"[|\[\],]", spelled)}
         if "float" in members and "int" not in members:
             names.add(field.name)

@@ -5,7 +5,6 @@ Reads top-down, leaves first: vision attention -> MLP -> encoder layer -> encode
 State-dict keys match the released checkpoints: `model.visual.*`, `model.language_model.*`, `lm_head.weight`.
 """
 
-
 from collections.abc import Callable
 
 import torch
@@ -67,7 +66,9 @@ def check_visual_inputs(
         raise ValueError(f"`{grid_name}` must have shape [num_rows, 3] (t, h, w), got {tuple(grid_thw.shape)}.")
     s = config.spatial_merge_size
     if bool(((grid_thw[:, 1:] % s) != 0).any()):
-        raise ValueError(f"`{grid_name}` heights and widths must be multiples of spatial_merge_size={s}: {grid_thw.tolist()}.")
+        raise ValueError(
+            f"`{grid_name}` heights and widths must be multiples of spatial_merge_size={s}: {grid_thw.tolist()}."
+        )
     described = int(grid_thw.prod(-1).sum())
     if described != pixel_values.shape[0]:
         raise ValueError(
@@ -260,7 +261,11 @@ class LlavaOnevision2VisionEmbeddings(nn.Module):
     def __init__(self, config: LlavaOnevision2VisionConfig):
         super().__init__()
         self.patch_embedding = nn.Conv2d(
-            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size, bias=False
+            config.num_channels,
+            config.hidden_size,
+            kernel_size=config.patch_size,
+            stride=config.patch_size,
+            bias=False,
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -348,8 +353,9 @@ class LlavaOnevision2VisionModel(LlavaOnevision2PreTrainedModel):
         windows = AttentionWindows.from_lengths(
             attention_window_lengths(grid_thw, self.config.frame_windows_size), device=pixel_values.device
         )
-        angles = vision_rotary_angles(positions, self.config.hidden_size // self.config.num_attention_heads,
-                                      self.config.rope_theta)
+        angles = vision_rotary_angles(
+            positions, self.config.hidden_size // self.config.num_attention_heads, self.config.rope_theta
+        )
 
         hidden_states = self.layernorm_pre(self.embeddings(pixel_values))
         hidden_states = self.encoder(hidden_states, windows, angles.cos(), angles.sin())

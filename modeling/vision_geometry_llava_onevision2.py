@@ -95,7 +95,9 @@ class AttentionWindows:
         cu_seqlens = cu_seqlens.to(device)
         max_length = max(lengths, default=0)
         if len(starts_by_length) <= 1:
-            return cls(cu_seqlens=cu_seqlens, max_length=max_length, groups=[(length, None) for length in starts_by_length])
+            return cls(
+                cu_seqlens=cu_seqlens, max_length=max_length, groups=[(length, None) for length in starts_by_length]
+            )
         groups = [
             (length, torch.tensor(group_starts, device=device)[:, None] + torch.arange(length, device=device))
             for length, group_starts in starts_by_length.items()

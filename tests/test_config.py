@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from conftest import tiny_config
 
+from conftest import tiny_config
 from llava_onevision2.modeling import (
     PRESETS,
     LlavaOnevision2Config,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+
 from conftest import (
     EOS,
     IMAGE,
@@ -16,8 +18,6 @@ from conftest import (
     tiny_model,
     tokens_for,
 )
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
-
 from llava_onevision2.modeling import (
     LlavaOnevision2Config,
     LlavaOnevision2ForConditionalGeneration,
@@ -93,7 +93,9 @@ def test_placeholders_filled_in_prompt_order():
     inputs = CASES["mixed_image_video"]()
     with torch.no_grad():
         out = model(**inputs)
-        image_feats = torch.cat(model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output)
+        image_feats = torch.cat(
+            model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+        )
         video_feats = torch.cat(
             model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"]).pooler_output
         )
@@ -285,8 +287,9 @@ def test_beam_search_expands_visual_inputs_per_sample():
             [first["patch_positions"], block_layout_positions(second["image_grid_thw"], MERGE)]
         ),
     }
-    kwargs = dict(max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False, eos_token_id=None,
-                  pad_token_id=PAD)
+    kwargs = dict(
+        max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False, eos_token_id=None, pad_token_id=PAD
+    )
     with torch.no_grad():
         together = model.generate(**batch, **kwargs)
         alone = torch.cat([model.generate(**first, **kwargs), model.generate(**second, **kwargs)])
@@ -398,9 +401,7 @@ def test_save_and_load_roundtrip(tmp_path):
 def test_auto_classes_resolve_registered_model(tmp_path):
     AutoConfig.register("llava_onevision2", LlavaOnevision2Config, exist_ok=True)
     AutoModel.register(LlavaOnevision2Config, LlavaOnevision2Model, exist_ok=True)
-    AutoModelForImageTextToText.register(
-        LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration, exist_ok=True
-    )
+    AutoModelForImageTextToText.register(LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration, exist_ok=True)
     tiny_model().save_pretrained(tmp_path)
     assert isinstance(AutoModelForImageTextToText.from_pretrained(tmp_path), LlavaOnevision2ForConditionalGeneration)
     assert isinstance(AutoModel.from_pretrained(tmp_path), LlavaOnevision2Model)
@@ -423,9 +424,18 @@ def test_bfloat16_model_runs_and_keeps_rotary_in_float32():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda i: {**i, "input_ids": i["input_ids"][:, :-5]}, "Image features and image tokens do not match: the prompt holds 4"),
-        (lambda i: {**i, "pixel_values": i["pixel_values"][:-4]}, "`pixel_values` has 20 rows but `image_grid_thw` describes 24"),
-        (lambda i: {**i, "patch_positions": torch.zeros(23, 3, dtype=torch.long)}, "`patch_positions` has 23 rows but there are 24"),
+        (
+            lambda i: {**i, "input_ids": i["input_ids"][:, :-5]},
+            "Image features and image tokens do not match: the prompt holds 4",
+        ),
+        (
+            lambda i: {**i, "pixel_values": i["pixel_values"][:-4]},
+            "`pixel_values` has 20 rows but `image_grid_thw` describes 24",
+        ),
+        (
+            lambda i: {**i, "patch_positions": torch.zeros(23, 3, dtype=torch.long)},
+            "`patch_positions` has 23 rows but there are 24",
+        ),
         (lambda i: {**i, "pixel_values": i["pixel_values"].view(1, 24, -1)}, "must be 2-D"),
         (lambda i: {**i, "image_grid_thw": torch.tensor([1, 4, 6])}, r"must have shape \[num_rows, 3\]"),
         (lambda i: {**i, "image_grid_thw": torch.tensor([[1, 3, 8]])}, "multiples of spatial_merge_size=2"),

@@ -11,8 +11,8 @@ import textwrap
 from pathlib import Path
 
 import torch
-from conftest import pixels_for, prompt, tiny_model
 
+from conftest import pixels_for, prompt, tiny_model
 from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
 
 MODELING_DIR = Path(__file__).resolve().parents[1] / "modeling"
@@ -50,8 +50,10 @@ def test_save_with_auto_map_and_load_in_fresh_process(tmp_path):
 
     grid = [[1, 4, 6]]
     input_ids = torch.tensor([prompt([7], ("image", 6), [8])])
-    torch.save({"input_ids": input_ids, "pixel_values": pixels_for(grid), "image_grid_thw": torch.tensor(grid)},
-               tmp_path / "inputs.pt")
+    torch.save(
+        {"input_ids": input_ids, "pixel_values": pixels_for(grid), "image_grid_thw": torch.tensor(grid)},
+        tmp_path / "inputs.pt",
+    )
     with torch.no_grad():
         expected = model(**torch.load(tmp_path / "inputs.pt")).logits
     torch.save(expected, tmp_path / "expected.pt")

@@ -11,8 +11,8 @@ import math
 
 import pytest
 import torch
-from conftest import MERGE, PATCH, pixels_for, tiny_config, tiny_model
 
+from conftest import MERGE, PATCH, pixels_for, tiny_config, tiny_model
 from llava_onevision2.modeling import LlavaOnevision2VisionModel
 from llava_onevision2.modeling.vision_geometry_llava_onevision2 import (
     AttentionWindows,
@@ -95,7 +95,11 @@ def reference_tower(model: LlavaOnevision2VisionModel, pixels, grid, positions) 
         p = f"encoder.layers.{i}"
         y = ln(x, p + ".layer_norm1")
         qkv = linear(y, p + ".self_attn.qkv")
-        q, k, v = qkv[:, : cfg.hidden_size], qkv[:, cfg.hidden_size : 2 * cfg.hidden_size], qkv[:, 2 * cfg.hidden_size :]
+        q, k, v = (
+            qkv[:, : cfg.hidden_size],
+            qkv[:, cfg.hidden_size : 2 * cfg.hidden_size],
+            qkv[:, 2 * cfg.hidden_size :],
+        )
         q, k, v = (z.reshape(-1, heads, d) for z in (q, k, v))
         q, k = reference_rotate(q, angles), reference_rotate(k, angles)
         scores = torch.einsum("nhd,mhd->hnm", q, k) / math.sqrt(d)
