@@ -629,15 +629,6 @@ class LlavaOnevision2ForConditionalGeneration(LlavaOnevision2PreTrainedModel, Ge
             video_outputs=outputs.video_outputs,
         )
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        if not is_first_iteration and kwargs.get("use_cache", True):
-            # Visual features were written into the cache during prefill; later steps carry text only.
-            for pixel_name, grid_name, positions_name, _ in VISUAL_INPUT_KEYS.values():
-                for name in (pixel_name, grid_name, positions_name):
-                    model_inputs.pop(name, None)
-        return model_inputs
-
 
 __all__ = [
     "LlavaOnevision2ForConditionalGeneration",
