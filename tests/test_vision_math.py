@@ -248,3 +248,34 @@ def test_patch_embedding_equals_convolution():
     pixels = pixels_for([[1, 2, 2]])
     conv = model.embeddings.patch_embedding(pixels.view(-1, 3, PATCH, PATCH)).flatten(1)
     torch.testing.assert_close(model.embeddings(pixels), conv)
+
+
+def test_flash_path_makes_one_varlen_call_with_window_boundaries(monkeypatch):
+    """The flash-attention branch (GPU kernel not available here) is driven through a CPU varlen reference with the
+    same calling convention: one call per layer, window boundaries in `cu_seq_lens_*`, same result as sdpa."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    calls = []
+
+    def varlen_reference(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        assert attention_mask is None and kwargs["is_causal"] is False
+        bounds = kwargs["cu_seq_lens_q"].tolist()
+        assert bounds == kwargs["cu_seq_lens_k"].tolist()
+        calls.append((tuple(query.shape), bounds, kwargs["max_length_q"]))
+        outputs = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            q, k, v = (x[:, :, start:end] for x in (query, key, value))
+            outputs.append(torch.softmax(q @ k.transpose(-1, -2) * scaling, dim=-1) @ v)
+        return torch.cat(outputs, dim=2).transpose(1, 2), None
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "flash_attention_2", varlen_reference)
+    grid = [[1, 4, 4], [5, 2, 4], [1, 2, 2]]
+    model = tiny_model("sdpa", cls=LlavaOnevision2VisionModel, config=tiny_config().vision_config)
+    pixels = pixels_for(grid)
+    with torch.no_grad():
+        expected = model(pixels, torch.tensor(grid)).pooler_output
+        model.config._attn_implementation = "flash_attention_2"
+        flash = model(pixels, torch.tensor(grid)).pooler_output
+    torch.testing.assert_close(flash, expected, atol=1e-5, rtol=1e-5)
+    assert len(calls) == model.config.num_hidden_layers
+    assert calls[0] == ((1, 2, 60, 32), [0, 16, 32, 48, 56, 60], 16)
