@@ -1,0 +1,170 @@
+"""Image processor of LLaVA-OneVision-2: native-resolution resize, CLIP normalisation, block-layout patches.
+
+Outputs `pixel_values` `[N, 3*P*P]`, `image_grid_thw` `[n, 3]` (t = 1) and `patch_positions` `[N, 3]` (t = 0, block
+layout) -- the keys the model and the released processor use. On the same inputs `pixel_values` and the grids equal
+those of transformers' `Qwen2VLImageProcessor` with patch 14, merge 2 and temporal patch 1.
+"""
+
+import os
+
+import PIL.Image
+import torch
+from transformers.image_processing_backends import TorchvisionBackend
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_transforms import group_images_by_shape, reorder_images
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
+from transformers.processing_utils import ImagesKwargs
+
+from .vision_layout_llava_onevision2 import (
+    PixelBudgetMixin,
+    block_layout_positions,
+    merged_token_count,
+    patchify,
+    smart_resize,
+)
+
+# Release defaults: at least 256 tokens' worth of pixels (256 * 28 * 28), at most 2000 x 2000.
+DEFAULT_MIN_PIXELS = 256 * 28 * 28
+DEFAULT_MAX_PIXELS = 2000 * 2000
+
+
+class LlavaOnevision2ImagesKwargs(ImagesKwargs, total=False):
+    r"""
+    min_pixels (`int`): smallest area after resizing (defaults to 200,704 = 256 * 28 * 28).
+    max_pixels (`int`): largest area after resizing (defaults to 4,000,000).
+    patch_size (`int`): ViT patch size (14).
+    merge_size (`int`): spatial merge of the patch merger (2); sides become multiples of patch_size * merge_size.
+    temporal_patch_size (`int`): must be 1 for this model.
+    """
+
+    min_pixels: int
+    max_pixels: int
+    patch_size: int
+    merge_size: int
+    temporal_patch_size: int
+
+
+def image_size_error(image, name: str) -> ValueError | None:
+    """A decompression-bomb guard for images that arrive already decoded (PIL checks files it opens)."""
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    if limit is None:
+        return None
+    if isinstance(image, PIL.Image.Image):
+        width, height = image.size
+    elif hasattr(image, "shape") and len(image.shape) >= 2:
+        height, width = image.shape[-2:] if image.shape[0] in (1, 3, 4) else image.shape[:2]
+    else:
+        return None
+    if width * height > limit:
+        return ValueError(
+            f"{name} has {width}x{height} = {width * height} pixels, over the decompression-bomb limit of {limit} "
+            "(PIL.Image.MAX_IMAGE_PIXELS); downscale it or raise the limit explicitly if you trust the source."
+        )
+    return None
+
+
+class LlavaOnevision2ImageProcessor(PixelBudgetMixin, TorchvisionBackend):
+    do_resize = True
+    resample = PILImageResampling.BICUBIC
+    size = {"shortest_edge": DEFAULT_MIN_PIXELS, "longest_edge": DEFAULT_MAX_PIXELS}
+    default_to_square = False
+    do_rescale = True
+    do_normalize = True
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    do_convert_rgb = True
+    patch_size = 14
+    merge_size = 2
+    temporal_patch_size = 1
+    valid_kwargs = LlavaOnevision2ImagesKwargs
+    model_input_names = ["pixel_values", "image_grid_thw", "patch_positions"]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.temporal_patch_size != 1:
+            raise ValueError(f"LLaVA-OneVision-2 uses temporal_patch_size=1, got {self.temporal_patch_size}.")
+
+    def fetch_images(self, image_url_or_urls):
+        """Load paths / URLs, naming the file when PIL refuses it (decompression bomb, unreadable data)."""
+        if isinstance(image_url_or_urls, (list, tuple)):
+            return [self.fetch_images(item) for item in image_url_or_urls]
+        if isinstance(image_url_or_urls, (str, os.PathLike)):
+            source = os.fspath(image_url_or_urls)
+            if "://" not in source and not os.path.exists(source):
+                raise FileNotFoundError(f"Image file not found: {source}")
+            try:
+                return super().fetch_images(source)
+            except PIL.Image.DecompressionBombError as error:
+                raise ValueError(f"Image {source} exceeds the decompression-bomb limit: {error}") from error
+            except (PIL.UnidentifiedImageError, OSError) as error:
+                raise ValueError(f"Could not read image {source}: {error}") from error
+        return super().fetch_images(image_url_or_urls)
+
+    def resize_for_model(self, images: torch.Tensor, size: SizeDict, resample, factor: int) -> torch.Tensor:
+        """Resize a stack of same-sized images to the `smart_resize` target for this pixel budget."""
+        height, width = images.shape[-2:]
+        target_h, target_w = smart_resize(height, width, factor, size.shortest_edge, size.longest_edge)
+        return self.resize(images, size=SizeDict(height=target_h, width=target_w), resample=resample)
+
+    def _preprocess(
+        self,
+        images: list[torch.Tensor],
+        do_resize: bool,
+        size: SizeDict,
+        resample,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+        patch_size: int,
+        merge_size: int,
+        disable_grouping: bool | None = None,
+        return_tensors=None,
+        **kwargs,
+    ) -> BatchFeature:
+        for index, image in enumerate(images):
+            if (error := image_size_error(image, f"Image {index}")) is not None:
+                raise error
+        grouped, group_index = group_images_by_shape(images, disable_grouping=disable_grouping)
+        processed_rows, processed_grids = {}, {}
+        for shape, stack in grouped.items():
+            if do_resize:
+                stack = self.resize_for_model(stack, size, resample, factor=patch_size * merge_size)
+            stack = self.rescale_and_normalize(stack, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+            grid_h, grid_w = stack.shape[-2] // patch_size, stack.shape[-1] // patch_size
+            rows = patchify(stack, patch_size, merge_size).view(len(stack), grid_h * grid_w, -1)
+            processed_rows[shape] = list(rows)
+            processed_grids[shape] = [[1, grid_h, grid_w]] * len(stack)
+        rows = reorder_images(processed_rows, group_index)
+        grids = reorder_images(processed_grids, group_index)
+        positions = [block_layout_positions([0], h, w, merge_size) for _, h, w in grids]
+        return BatchFeature(
+            data={
+                "pixel_values": torch.cat(rows),
+                "image_grid_thw": torch.tensor(grids, dtype=torch.long),
+                "patch_positions": torch.cat(positions),
+            },
+            tensor_type=return_tensors,
+        )
+
+    def get_number_of_image_patches(self, height: int, width: int, images_kwargs: dict | None = None) -> int:
+        """Patches (before merging) an image of this size becomes; used to size prompts without pixels."""
+        images_kwargs = images_kwargs or {}
+        patch = images_kwargs.get("patch_size", self.patch_size)
+        merge = images_kwargs.get("merge_size", self.merge_size)
+        target_h, target_w = smart_resize(
+            height,
+            width,
+            patch * merge,
+            images_kwargs.get("min_pixels", self.min_pixels),
+            images_kwargs.get("max_pixels", self.max_pixels),
+        )
+        return (target_h // patch) * (target_w // patch)
+
+    def get_number_of_image_tokens(self, height: int, width: int, images_kwargs: dict | None = None) -> int:
+        patches = self.get_number_of_image_patches(height, width, images_kwargs)
+        return merged_token_count((1, patches, 1), (images_kwargs or {}).get("merge_size", self.merge_size))
+
+
+__all__ = ["LlavaOnevision2ImageProcessor"]

@@ -1,0 +1,122 @@
+"""Multimodal processor of LLaVA-OneVision-2: image processor + video processor + Qwen tokenizer + chat template.
+
+Prompt expansion (placeholder counts always come from `merged_token_count` on the grid rows):
+- image: `<|vision_start|><|image_pad|><|vision_end|>` -> `<|vision_start|>` + `<|image_pad|>` x k + `<|vision_end|>`;
+- video: a bare `<|video_pad|>` (what the chat template writes; the upstream spelling
+  `<|vision_start|><|video_pad|><|vision_end|>` in raw text is accepted too) -> one block per frame,
+  `<{seconds:.1f} seconds><|vision_start|>` + `<|video_pad|>` x k + `<|vision_end|>`, followed by a newline in the
+  training format and nothing in the evaluated format.
+Images and videos keep their order in the prompt; token ids come from the tokenizer.
+"""
+
+import re
+
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
+
+from .image_processing_llava_onevision2 import LlavaOnevision2ImagesKwargs
+from .video_processing_llava_onevision2 import LlavaOnevision2VideosKwargs
+from .vision_layout_llava_onevision2 import merged_token_count
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+# Qwen2-VL style: a default system turn, typed content items, assistant turns inside {% generation %} so that
+# `return_assistant_tokens_mask=True` marks the answer and its closing <|im_end|> (not the newline after it).
+# A video item is a bare <|video_pad|>: its expansion brings a <|vision_start|>/<|vision_end|> pair per frame.
+CHAT_TEMPLATE = (
+    "{%- macro render(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- else -%}{%- for item in content -%}"
+    "{%- if item.type == 'image' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif item.type == 'video' -%}{{ '<|video_pad|>' }}"
+    "{%- elif item.type == 'text' -%}{{ item.text }}"
+    "{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- if messages[0].role != 'system' -%}"
+    "{{ '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message.role == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{% generation %}{{ render(message.content) }}{{ '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message.role + '\\n' }}{{ render(message.content) }}{{ '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+class LlavaOnevision2ProcessorKwargs(ProcessingKwargs, total=False):
+    images_kwargs: LlavaOnevision2ImagesKwargs
+    videos_kwargs: LlavaOnevision2VideosKwargs
+    _defaults = {
+        "text_kwargs": {"padding": False, "return_mm_token_type_ids": False},
+        # The prompt needs each video's frame times, so the video processor always returns its metadata.
+        "videos_kwargs": {"return_metadata": True},
+    }
+
+
+class LlavaOnevision2Processor(ProcessorMixin):
+    r"""
+    Wraps [`LlavaOnevision2ImageProcessor`], [`LlavaOnevision2VideoProcessor`] and a Qwen2 tokenizer.
+
+    Call it with `text` holding one image / video placeholder per item (the chat template writes them), `images` and
+    `videos`; or use `apply_chat_template(messages, tokenize=True, return_dict=True)` with
+    `{"type": "image", "image": ...}` / `{"type": "video", "video": ...}` content items.
+    """
+
+    valid_processor_kwargs = LlavaOnevision2ProcessorKwargs
+
+    def __init__(self, image_processor=None, tokenizer=None, video_processor=None, chat_template=None, **kwargs):
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.vision_start_token = getattr(tokenizer, "vision_start_token", None) or "<|vision_start|>"
+        self.vision_end_token = getattr(tokenizer, "vision_end_token", None) or "<|vision_end|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        self.vision_start_token_id = tokenizer.convert_tokens_to_ids(self.vision_start_token)
+        self.vision_end_token_id = tokenizer.convert_tokens_to_ids(self.vision_end_token)
+        super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template or CHAT_TEMPLATE)
+        # Upstream prompts wrap each video in vision markers; the expansion brings its own markers per frame. (Raw
+        # text only: the chat template writes the bare token, which keeps assistant-mask offsets exact.)
+        self._wrapped_video = re.compile(
+            re.escape(self.vision_start_token)
+            + r"\s*"
+            + re.escape(self.video_token)
+            + r"\s*"
+            + re.escape(self.vision_end_token)
+        )
+
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        images, text, videos, audio = super().prepare_inputs_layout(images, text, videos, audio, **kwargs)
+        if text is not None:
+            text = [self._wrapped_video.sub(self.video_token, sample) for sample in text]
+        return images, text, videos, audio
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        merge = self.image_processor.merge_size
+        return self.image_token * merged_token_count(image_inputs["image_grid_thw"][image_idx], merge)
+
+    def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        metadata = video_inputs["video_metadata"]
+        first_row = sum(m.grid_rows for m in metadata[:video_idx])
+        rows = video_inputs["video_grid_thw"][first_row : first_row + metadata[video_idx].grid_rows]
+        merge = kwargs.get("merge_size") or self.video_processor.merge_size
+        tokens_per_frame = [merged_token_count((1, h, w), merge) for t, h, w in rows.tolist() for _ in range(t)]
+        timestamps = metadata[video_idx].timestamps
+        separator = "\n" if metadata[video_idx].video_format == "training" else ""
+        return "".join(
+            f"<{seconds:.1f} seconds>{self.vision_start_token}{self.video_token * tokens}{self.vision_end_token}"
+            + separator
+            for seconds, tokens in zip(timestamps, tokens_per_frame, strict=True)
+        )
+
+    @property
+    def model_input_names(self) -> list[str]:
+        names = self.tokenizer.model_input_names + self.image_processor.model_input_names
+        return list(dict.fromkeys(names + self.video_processor.model_input_names))
+
+
+__all__ = ["CHAT_TEMPLATE", "LlavaOnevision2Processor"]

@@ -1,0 +1,289 @@
+"""PyAV video reading for LLaVA-OneVision-2: index a stream without decoding, pick frames by time, decode only those.
+
+- `index_video_stream` demuxes packets once (no decoding) to get every frame's presentation time and the keyframes.
+  This is exact for variable frame rate and does not trust the container's frame count.
+- `sample_frame_indices` picks frames uniformly in time, by target fps or count, capped by `max_frames`.
+- `decode_frames` walks the wanted frames in order: it keeps decoding forward inside a GOP and seeks to the next
+  keyframe when the next wanted frame lies in a later GOP, so sparse sampling never decodes the whole file. Only the
+  wanted frames are converted to RGB, and only those are kept: memory follows the number of sampled frames.
+- Rotation metadata (display matrix) is applied to the returned frames.
+
+Every failure names the input: missing or unreadable files, files without a video stream, streams without frames.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+
+def describe_source(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes of video>"
+    return getattr(source, "name", None) or f"<{type(source).__name__} video stream>"
+
+
+def open_video(source):
+    """Open a path, bytes or a binary file-like object with PyAV; errors name the source."""
+    name = describe_source(source)
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"Video file not found: {name}")
+        target = os.fspath(source)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        target = io.BytesIO(bytes(source))
+    elif hasattr(source, "read"):
+        target = source
+    else:
+        raise TypeError(f"Cannot read a video from {type(source).__name__}; pass a path, bytes or a binary file.")
+    try:
+        container = av.open(target, mode="r")
+    except av.FFmpegError as error:
+        raise ValueError(f"Could not open video {name}: {error}") from error
+    if not container.streams.video:
+        kinds = sorted({stream.type for stream in container.streams}) or ["none"]
+        container.close()
+        raise ValueError(f"{name} has no video stream (streams found: {', '.join(kinds)}).")
+    return container
+
+
+@dataclass
+class VideoStreamIndex:
+    """Frames of one video stream in presentation order, from a single demux pass.
+
+    Attributes:
+        pts: presentation timestamps (stream time base), sorted, one per frame.
+        keyframe: whether each frame (same order) starts a GOP.
+        time_base: seconds per pts unit.
+        width, height: coded frame size. rotation: degrees counter-clockwise to display upright.
+        declared_duration: the container's own duration in seconds (None when it has none).
+    """
+
+    pts: np.ndarray
+    keyframe: np.ndarray
+    time_base: Fraction
+    width: int
+    height: int
+    codec: str
+    declared_duration: float | None
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.pts)
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        """Seconds from the first frame."""
+        return (self.pts - self.pts[0]).astype(np.float64) * float(self.time_base)
+
+    @property
+    def frame_interval(self) -> float:
+        """Median spacing of frames in seconds (1/fps for constant frame rate)."""
+        if self.num_frames < 2:
+            return 0.0
+        return float(np.median(np.diff(self.timestamps)))
+
+    @property
+    def duration(self) -> float:
+        """Span covered by the frames: last timestamp plus one frame."""
+        return float(self.timestamps[-1]) + self.frame_interval
+
+    @property
+    def fps(self) -> float:
+        return self.num_frames / self.duration if self.duration > 0 else 0.0
+
+
+def index_video_stream(container, name: str) -> VideoStreamIndex:
+    """Demux every packet of the first video stream (no decoding) into a `VideoStreamIndex`."""
+    stream = container.streams.video[0]
+    pts, keyframe = [], []
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is None or packet.size == 0:  # flush packets carry no frame
+                continue
+            pts.append(packet.pts)
+            keyframe.append(packet.is_keyframe)
+    except av.FFmpegError as error:
+        if not pts:
+            raise ValueError(f"Could not read packets of video {name}: {error}") from error
+        # A truncated or damaged tail: keep the frames whose packets were read.
+    if not pts:
+        raise ValueError(f"Video {name} has no decodable frames (its video stream holds no packets).")
+    order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
+    declared = float(container.duration / av.time_base) if container.duration else None
+    return VideoStreamIndex(
+        pts=np.asarray(pts, dtype=np.int64)[order],
+        keyframe=np.asarray(keyframe, dtype=bool)[order],
+        time_base=stream.time_base,
+        width=stream.codec_context.width,
+        height=stream.codec_context.height,
+        codec=stream.codec_context.name,
+        declared_duration=declared,
+    )
+
+
+def sample_frame_indices(
+    timestamps: np.ndarray,
+    duration: float,
+    fps: float | None = None,
+    num_frames: int | None = None,
+    max_frames: int | None = None,
+) -> list[int]:
+    """Indices of frames spread uniformly in time.
+
+    The count is `num_frames`, else `floor(duration * fps)` (at least 1), capped by `max_frames` and by the number
+    of frames. Targets are evenly spaced from the first to the last frame's time; each takes the nearest frame.
+    """
+    available = len(timestamps)
+    if num_frames is not None:
+        count = num_frames
+    elif fps is not None:
+        count = max(1, int(duration * fps))
+    else:
+        count = available
+    if max_frames is not None:
+        count = min(count, max_frames)
+    count = max(1, min(count, available))
+    if count == available:
+        return list(range(available))
+    targets = np.linspace(timestamps[0], timestamps[-1], count)
+    nearest = np.clip(np.searchsorted(timestamps, targets), 1, available - 1)
+    earlier_is_closer = (targets - timestamps[nearest - 1]) <= (timestamps[nearest] - targets)
+    nearest = np.where(earlier_is_closer, nearest - 1, nearest)
+    return sorted(set(int(i) for i in nearest))
+
+
+def frame_to_rgb(frame) -> np.ndarray:
+    """`[H, W, 3]` uint8, rotated upright according to the frame's display matrix."""
+    array = frame.to_ndarray(format="rgb24")
+    quarter_turns = (int(round(frame.rotation / 90)) % 4) if frame.rotation else 0
+    return np.ascontiguousarray(np.rot90(array, k=quarter_turns)) if quarter_turns else array
+
+
+def decode_frames(
+    container, index: VideoStreamIndex, wanted: list[int], name: str
+) -> tuple[list[np.ndarray], list[int], int]:
+    """Decode the frames at sorted positions `wanted` of `index`.
+
+    Returns the RGB frames, the positions actually decoded (equal to `wanted`, unless the stream has no frame at a
+    position, in which case the next decodable frame stands in and its own position is reported) and how many frames
+    the decoder produced in total.
+    """
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    keyframes = np.flatnonzero(index.keyframe)
+    frames, positions = [], []
+    decoder, next_position = None, 0  # `next_position`: where the running decoder is in presentation order
+    counter = [0]
+    for target in wanted:
+        preceding = np.searchsorted(keyframes, target, side="right") - 1
+        gop_start = int(keyframes[preceding]) if preceding >= 0 else 0
+        # Decoding on is cheaper while the target is in the GOP being decoded; otherwise jump to its keyframe.
+        if decoder is None or target < next_position or gop_start > next_position:
+            container.seek(int(index.pts[gop_start]), stream=stream, backward=True, any_frame=False)
+            decoder = container.decode(stream)
+        found = next_frame_at_or_after(decoder, index, target, name, counter)
+        if found is None:
+            raise ValueError(
+                f"Video {name}: frame {target} (t={index.timestamps[target]:.2f}s) could not be decoded; the file "
+                "may be truncated or damaged."
+            )
+        frame, position = found
+        frames.append(frame_to_rgb(frame))
+        positions.append(position)
+        next_position = position + 1
+    return frames, positions, counter[0]
+
+
+def next_frame_at_or_after(decoder, index: VideoStreamIndex, target: int, name: str, counter: list[int]):
+    """Pull frames from `decoder` until one at or after position `target`; None when the stream ends first.
+    `counter[0]` counts every frame pulled."""
+    try:
+        for frame in decoder:
+            counter[0] += 1
+            if frame.pts is None:
+                raise ValueError(
+                    f"Video {name} has frames without presentation timestamps; cannot place them in time."
+                )
+            position = min(int(np.searchsorted(index.pts, frame.pts)), index.num_frames - 1)
+            if position >= target:
+                return frame, position
+    except av.FFmpegError as error:
+        raise ValueError(f"Could not decode video {name} near frame {target}: {error}") from error
+    return None
+
+
+@dataclass
+class DecodedClip:
+    """Sampled frames of one video and where they came from."""
+
+    frames: np.ndarray  # [T, H, W, 3] uint8
+    frame_indices: list[int]
+    timestamps: list[float]
+    total_num_frames: int
+    fps: float
+    duration: float
+    codec: str | None
+    source: str
+    frames_decoded: int = 0
+
+
+def read_video(
+    source,
+    fps: float | None = None,
+    num_frames: int | None = None,
+    max_frames: int | None = None,
+    allow_truncated: bool = False,
+) -> DecodedClip:
+    """Open, index, sample and decode one video. See the module docstring for the strategy."""
+    name = describe_source(source)
+    container = open_video(source)
+    try:
+        index = index_video_stream(container, name)
+        check_complete(index, name, allow_truncated)
+        wanted = sample_frame_indices(index.timestamps, index.duration, fps, num_frames, max_frames)
+        frames, positions, frames_decoded = decode_frames(container, index, wanted, name)
+    finally:
+        container.close()
+    timestamps = index.timestamps
+    return DecodedClip(
+        frames=np.stack(frames),
+        frame_indices=positions,
+        timestamps=[round(float(timestamps[p]), 6) for p in positions],
+        total_num_frames=index.num_frames,
+        fps=index.fps,
+        duration=index.duration,
+        codec=index.codec,
+        source=name,
+        frames_decoded=frames_decoded,
+    )
+
+
+def check_complete(index: VideoStreamIndex, name: str, allow_truncated: bool) -> None:
+    """Refuse a file whose frames stop well before the duration its container declares (a cut-off download)."""
+    if allow_truncated or index.declared_duration is None:
+        return
+    missing = index.declared_duration - index.duration
+    if missing > max(1.0, 0.1 * index.declared_duration):
+        raise ValueError(
+            f"Video {name} looks truncated: the container declares {index.declared_duration:.2f}s but its frames "
+            f"end at {index.duration:.2f}s. Pass allow_truncated=True to use the frames that are there."
+        )
+
+
+__all__ = [
+    "DecodedClip",
+    "VideoStreamIndex",
+    "decode_frames",
+    "index_video_stream",
+    "open_video",
+    "read_video",
+    "sample_frame_indices",
+]

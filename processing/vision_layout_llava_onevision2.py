@@ -1,0 +1,130 @@
+"""Resizing, patch order and token counts shared by the image, video and codec paths.
+
+One source of truth on the processing side (the model keeps its own copy of the block layout, because remote-code
+files in `processing/` may not import `modeling/`; tests check that the two agree):
+
+- `smart_resize`: the released resize rule (multiples of patch x merge, pixel budget, aspect ratio <= 200);
+- `patchify`: frames -> pixel rows in block layout (each merge x merge group of patches contiguous);
+- `block_layout_positions`: the (t, h, w) of every row, in that same order;
+- `merged_token_count`: how many placeholder tokens a grid row becomes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from transformers.image_utils import SizeDict
+
+MAX_ASPECT_RATIO = 200
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Target (height, width): multiples of `factor`, area within [min_pixels, max_pixels], aspect kept.
+
+    Each side is first rounded to the nearest multiple (Python rounding, half to even); if the area is then too
+    large both sides shrink by the same factor and round down, if too small they grow and round up.
+    """
+    if min(height, width) <= 0:
+        raise ValueError(f"Image size must be positive, got {height}x{width}.")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"Image aspect ratio {max(height, width) / min(height, width):.1f} ({height}x{width}) exceeds "
+            f"{MAX_ASPECT_RATIO}; crop or pad it first."
+        )
+    resized_h = round(height / factor) * factor
+    resized_w = round(width / factor) * factor
+    if resized_h * resized_w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        resized_h = max(factor, math.floor(height / beta / factor) * factor)
+        resized_w = max(factor, math.floor(width / beta / factor) * factor)
+    elif resized_h * resized_w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        resized_h = math.ceil(height * beta / factor) * factor
+        resized_w = math.ceil(width * beta / factor) * factor
+    return resized_h, resized_w
+
+
+def patchify(frames: torch.Tensor, patch_size: int, merge_size: int) -> torch.Tensor:
+    """`[T, C, H, W]` frames -> `[T * H/P * W/P, C * P * P]` rows, frame by frame, each frame in block layout.
+
+    A row is one patch flattened channel-major (C, P, P). H and W must be multiples of P * merge.
+    """
+    num_frames, channels, height, width = frames.shape
+    grid_h, grid_w = height // patch_size, width // patch_size
+    if grid_h * patch_size != height or grid_w * patch_size != width or grid_h % merge_size or grid_w % merge_size:
+        raise ValueError(f"Frame size {height}x{width} is not a multiple of patch {patch_size} x merge {merge_size}.")
+    patches = frames.reshape(
+        num_frames,
+        channels,
+        grid_h // merge_size,
+        merge_size,
+        patch_size,
+        grid_w // merge_size,
+        merge_size,
+        patch_size,
+    )
+    # -> [T, h/m, w/m, m (row), m (col), C, P, P]
+    patches = patches.permute(0, 2, 5, 3, 6, 1, 4, 7)
+    return patches.reshape(num_frames * grid_h * grid_w, channels * patch_size * patch_size)
+
+
+def block_layout_positions(frame_positions: Sequence[int], grid_h: int, grid_w: int, merge_size: int) -> torch.Tensor:
+    """(t, h, w) of every row `patchify` produces for frames whose temporal positions are `frame_positions`.
+
+    Returns `[len(frame_positions) * grid_h * grid_w, 3]` int64; h / w are patch coordinates inside the frame.
+    """
+    rows = (
+        torch.arange(grid_h)
+        .view(grid_h // merge_size, 1, merge_size, 1)
+        .expand(-1, grid_w // merge_size, -1, merge_size)
+    )
+    cols = (
+        torch.arange(grid_w)
+        .view(1, grid_w // merge_size, 1, merge_size)
+        .expand(grid_h // merge_size, -1, merge_size, -1)
+    )
+    spatial = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=-1)  # [h*w, 2] in block order
+    t = torch.as_tensor(list(frame_positions), dtype=torch.long).repeat_interleave(grid_h * grid_w)
+    return torch.cat([t[:, None], spatial.repeat(len(frame_positions), 1)], dim=-1)
+
+
+def merged_token_count(grid_row: Sequence[int] | torch.Tensor, merge_size: int) -> int:
+    """Placeholder tokens of one (t, h, w) grid row: every merge x merge patch block becomes one token."""
+    t, h, w = (int(v) for v in grid_row)
+    return t * h * w // merge_size**2
+
+
+class PixelBudgetMixin:
+    """`min_pixels` / `max_pixels` (the names released configs use) as the two bounds of an image/video processor's
+    `size = {"shortest_edge": min, "longest_edge": max}`, at construction and at call time."""
+
+    def __init__(self, **kwargs):
+        size = dict(kwargs.pop("size", None) or self.size)
+        if (min_pixels := kwargs.pop("min_pixels", None)) is not None:
+            size["shortest_edge"] = min_pixels
+        if (max_pixels := kwargs.pop("max_pixels", None)) is not None:
+            size["longest_edge"] = max_pixels
+        super().__init__(size=size, **kwargs)
+
+    @property
+    def min_pixels(self) -> int:
+        return self.size["shortest_edge"]
+
+    @property
+    def max_pixels(self) -> int:
+        return self.size["longest_edge"]
+
+    def _standardize_kwargs(self, size=None, min_pixels: int | None = None, max_pixels: int | None = None, **kwargs):
+        if min_pixels is not None or max_pixels is not None:
+            bounds = dict(size) if size is not None else dict(self.size)
+            if min_pixels is not None:
+                bounds["shortest_edge"] = min_pixels
+            if max_pixels is not None:
+                bounds["longest_edge"] = max_pixels
+            size = SizeDict(**bounds)
+        return super()._standardize_kwargs(size=size, **kwargs)
+
+
+__all__ = ["PixelBudgetMixin", "block_layout_positions", "merged_token_count", "patchify", "smart_resize"]
