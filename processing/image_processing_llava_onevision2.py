@@ -12,7 +12,7 @@ import torch
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_transforms import group_images_by_shape, reorder_images
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict, load_image
 from transformers.processing_utils import ImagesKwargs
 
 from .vision_layout_llava_onevision2 import (
@@ -85,20 +85,20 @@ class LlavaOnevision2ImageProcessor(PixelBudgetMixin, TorchvisionBackend):
             raise ValueError(f"LLaVA-OneVision-2 uses temporal_patch_size=1, got {self.temporal_patch_size}.")
 
     def fetch_images(self, image_url_or_urls):
-        """Load paths / URLs, naming the file when PIL refuses it (decompression bomb, unreadable data)."""
+        """Load paths / URLs with PIL (which enforces its decompression-bomb limit), naming the file on failure."""
         if isinstance(image_url_or_urls, (list, tuple)):
             return [self.fetch_images(item) for item in image_url_or_urls]
-        if isinstance(image_url_or_urls, (str, os.PathLike)):
-            source = os.fspath(image_url_or_urls)
-            if "://" not in source and not os.path.exists(source):
-                raise FileNotFoundError(f"Image file not found: {source}")
-            try:
-                return super().fetch_images(source)
-            except PIL.Image.DecompressionBombError as error:
-                raise ValueError(f"Image {source} exceeds the decompression-bomb limit: {error}") from error
-            except (PIL.UnidentifiedImageError, OSError) as error:
-                raise ValueError(f"Could not read image {source}: {error}") from error
-        return super().fetch_images(image_url_or_urls)
+        if not isinstance(image_url_or_urls, (str, os.PathLike)):
+            return super().fetch_images(image_url_or_urls)
+        source = os.fspath(image_url_or_urls)
+        if "://" not in source and not os.path.exists(source):
+            raise FileNotFoundError(f"Image file not found: {source}")
+        try:
+            return load_image(source)
+        except PIL.Image.DecompressionBombError as error:
+            raise ValueError(f"Image {source} exceeds the decompression-bomb limit: {error}") from error
+        except (PIL.UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"Could not read image {source}: {error}") from error
 
     def resize_for_model(self, images: torch.Tensor, size: SizeDict, resample, factor: int) -> torch.Tensor:
         """Resize a stack of same-sized images to the `smart_resize` target for this pixel budget."""
@@ -168,3 +168,6 @@ class LlavaOnevision2ImageProcessor(PixelBudgetMixin, TorchvisionBackend):
 
 
 __all__ = ["LlavaOnevision2ImageProcessor"]
+
+# Saved folders name this class in `auto_map`, so AutoImageProcessor / AutoProcessor load it with trust_remote_code.
+LlavaOnevision2ImageProcessor.register_for_auto_class("AutoImageProcessor")

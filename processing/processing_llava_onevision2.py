@@ -14,7 +14,7 @@ import re
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 
 from .image_processing_llava_onevision2 import LlavaOnevision2ImagesKwargs
-from .video_processing_llava_onevision2 import LlavaOnevision2VideosKwargs
+from .video_processing_llava_onevision2 import LlavaOnevision2VideosKwargs, flatten_video_inputs
 from .vision_layout_llava_onevision2 import merged_token_count
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -95,6 +95,27 @@ class LlavaOnevision2Processor(ProcessorMixin):
             text = [self._wrapped_video.sub(self.video_token, sample) for sample in text]
         return images, text, videos, audio
 
+    def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """Videos may be paths, bytes or file objects, which the generic check cannot count; count them here."""
+        if text is not None and videos is not None:
+            placeholders = sum(sample.count(self.video_token) for sample in text)
+            num_videos = len(flatten_video_inputs(videos))
+            if placeholders != num_videos:
+                raise ValueError(
+                    f"The prompts hold {placeholders} {self.video_token} placeholders but {num_videos} videos were passed."
+                )
+            text = [sample.replace(self.video_token, "") for sample in text]
+            videos = None
+        super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    def _process_videos(self, videos, **kwargs):
+        # The expansion reads each video's frame times and grid rows from its metadata.
+        processed = self.video_processor(videos, **{**kwargs, "return_metadata": True})
+        replacements = [
+            self.replace_video_token(processed, video_idx=i) for i in range(len(processed["video_metadata"]))
+        ]
+        return processed, replacements
+
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         merge = self.image_processor.merge_size
         return self.image_token * merged_token_count(image_inputs["image_grid_thw"][image_idx], merge)
@@ -103,7 +124,7 @@ class LlavaOnevision2Processor(ProcessorMixin):
         metadata = video_inputs["video_metadata"]
         first_row = sum(m.grid_rows for m in metadata[:video_idx])
         rows = video_inputs["video_grid_thw"][first_row : first_row + metadata[video_idx].grid_rows]
-        merge = kwargs.get("merge_size") or self.video_processor.merge_size
+        merge = self.video_processor.merge_size
         tokens_per_frame = [merged_token_count((1, h, w), merge) for t, h, w in rows.tolist() for _ in range(t)]
         timestamps = metadata[video_idx].timestamps
         separator = "\n" if metadata[video_idx].video_format == "training" else ""
@@ -120,3 +141,6 @@ class LlavaOnevision2Processor(ProcessorMixin):
 
 
 __all__ = ["CHAT_TEMPLATE", "LlavaOnevision2Processor"]
+
+# Saved folders name this class in `auto_map`, so AutoProcessor loads it with trust_remote_code.
+LlavaOnevision2Processor.register_for_auto_class("AutoProcessor")

@@ -289,3 +289,6 @@ class LlavaOnevision2VideoProcessor(PixelBudgetMixin, BaseVideoProcessor):
 
 
 __all__ = ["LlavaOnevision2VideoMetadata", "LlavaOnevision2VideoProcessor"]
+
+# Saved folders name this class in `auto_map`, so AutoVideoProcessor / AutoProcessor load it with trust_remote_code.
+LlavaOnevision2VideoProcessor.register_for_auto_class("AutoVideoProcessor")

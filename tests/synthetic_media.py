@@ -1,0 +1,110 @@
+"""Synthetic test media encoded with PyAV at test time (nothing is downloaded).
+
+Frame `i` of every synthetic video is a flat grey of `frame_level(i)` with a white bar at a moving column, so a
+decoded frame tells which source frame it was (to within the codec's rounding).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from fractions import Fraction
+
+import av
+import numpy as np
+import PIL.Image
+
+WIDTH, HEIGHT = 96, 64
+
+
+def frame_level(index: int) -> int:
+    return (index * 4) % 240
+
+
+def synthetic_frame(index: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    frame = np.full((height, width, 3), frame_level(index), dtype=np.uint8)
+    column = (index * 3) % (width - 8)
+    frame[: height // 4, column : column + 8] = 255
+    return frame
+
+
+def encode_video(
+    num_frames: int = 60,
+    rate: int = 10,
+    codec: str = "libx264",
+    gop: int = 12,
+    container_format: str = "mp4",
+    pts_ms: list[int] | None = None,
+    width: int = WIDTH,
+    height: int = HEIGHT,
+) -> bytes:
+    """Encode frames 0..num_frames-1; `pts_ms` gives variable presentation times in milliseconds."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"g": str(gop)} if codec != "libx265" else {"x265-params": f"keyint={gop}:log-level=none"}
+        if pts_ms is not None:
+            stream.time_base = Fraction(1, 1000)
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for index in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(synthetic_frame(index, width, height), format="rgb24")
+            if pts_ms is not None:
+                frame.pts = pts_ms[index]
+                frame.time_base = Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def rotate_mp4(data: bytes, clockwise_degrees: int) -> bytes:
+    """Set the track's display matrix (as phones do for portrait video) without re-encoding."""
+    matrices = {90: (0, 1, -1, 0), 180: (-1, 0, 0, -1), 270: (0, -1, 1, 0)}
+    a, b, c, d = matrices[clockwise_degrees]
+    patched = bytearray(data)
+    start = patched.find(b"tkhd")
+    offset = start + 4 + (40 if patched[start + 4] == 0 else 52)
+    one = 1 << 16
+    patched[offset : offset + 36] = struct.pack(">9i", a * one, b * one, 0, c * one, d * one, 0, 0, 0, 1 << 30)
+    return bytes(patched)
+
+
+def encode_audio_only() -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="matroska") as container:
+        stream = container.add_stream("mp2", rate=16000)
+        stream.layout = "mono"
+        samples = np.zeros((1, 1152), dtype=np.int16)
+        for _ in range(10):
+            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def solid_image(width: int, height: int, value: int = 128) -> PIL.Image.Image:
+    rng = np.random.default_rng(value)
+    return PIL.Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def encode_empty_video_stream() -> bytes:
+    """A Matroska file that declares a video stream but carries only audio packets."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="matroska") as container:
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        audio = container.add_stream("mp2", rate=16000)
+        audio.layout = "mono"
+        for _ in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), dtype=np.int16), format="s16", layout="mono")
+            frame.sample_rate = 16000
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    return buffer.getvalue()

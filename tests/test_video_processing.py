@@ -1,0 +1,181 @@
+"""PyAV reading and the video processor on videos encoded here: codecs, frame rates, rotation, bad files."""
+
+import io
+
+import av
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from synthetic_media import (
+    encode_audio_only,
+    encode_empty_video_stream,
+    encode_video,
+    frame_level,
+    rotate_mp4,
+    synthetic_frame,
+)
+
+from llava_onevision2.processing.video_decoding_llava_onevision2 import read_video, sample_frame_indices
+from llava_onevision2.processing.video_processing_llava_onevision2 import LlavaOnevision2VideoProcessor
+from llava_onevision2.processing.vision_layout_llava_onevision2 import block_layout_positions
+
+SMALL = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 8)
+
+
+def assert_frames_are(clip, indices):
+    """Each decoded frame's grey level identifies its source frame (codec rounding is a few levels)."""
+    levels = clip.frames[:, -8:, :, 0].reshape(len(clip.frames), -1).mean(axis=1)
+    np.testing.assert_allclose(levels, [frame_level(i) for i in indices], atol=6)
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265", "mpeg4", "libvpx-vp9"])
+def test_codecs_decode_the_sampled_frames(codec):
+    if codec not in av.codecs_available:
+        pytest.skip(f"{codec} encoder not in this PyAV build")
+    container_format = "webm" if codec == "libvpx-vp9" else "mp4"
+    data = encode_video(num_frames=60, rate=10, codec=codec, container_format=container_format)
+    clip = read_video(io.BytesIO(data), fps=1.0, max_frames=32)
+    assert clip.frame_indices == [0, 12, 24, 35, 47, 59]
+    assert clip.timestamps == pytest.approx([i / 10 for i in clip.frame_indices])
+    assert (clip.fps, clip.duration, clip.total_num_frames) == (pytest.approx(10.0), pytest.approx(6.0), 60)
+    assert_frames_are(clip, clip.frame_indices)
+
+
+def test_variable_frame_rate_uses_presentation_times():
+    pts_ms = [0, 100, 150, 400, 1000, 1050, 1100, 2000, 2500, 3000] + [3000 + 33 * i for i in range(1, 11)]
+    data = encode_video(num_frames=20, pts_ms=pts_ms)
+    clip = read_video(data, num_frames=4)
+    # Targets 0, 1.11, 2.22, 3.33 s -> the frames nearest in time, not evenly spaced indices.
+    assert clip.frame_indices == [0, 6, 7, 19]
+    assert clip.timestamps == pytest.approx([0.0, 1.1, 2.0, 3.33], abs=1e-6)
+    assert_frames_are(clip, clip.frame_indices)
+
+
+def test_rotation_metadata_is_applied():
+    data = rotate_mp4(encode_video(num_frames=4), 90)
+    clip = read_video(data)
+    assert clip.frames.shape[1:] == (96, 64, 3)  # portrait after rotation
+    upright = np.rot90(synthetic_frame(0), k=-1)  # 90 degrees clockwise
+    assert np.abs(clip.frames[0].astype(int) - upright.astype(int)).mean() < 8
+
+
+def test_sparse_sampling_seeks_instead_of_decoding_everything():
+    data = encode_video(num_frames=300, rate=30, gop=30)
+    clip = read_video(data, num_frames=4)
+    assert clip.frame_indices == [0, 100, 199, 299]
+    assert_frames_are(clip, clip.frame_indices)
+    assert clip.frames_decoded < 300 // 2
+    dense = read_video(data, fps=30, max_frames=300)
+    assert dense.frame_indices == list(range(300)) and dense.frames_decoded == 300
+
+
+def test_sample_frame_indices_rules():
+    timestamps = np.arange(100) / 10  # 10 s at 10 fps
+    assert len(sample_frame_indices(timestamps, 10.0, fps=1.0)) == 10
+    assert len(sample_frame_indices(timestamps, 10.0, fps=1.0, max_frames=4)) == 4
+    assert sample_frame_indices(timestamps, 10.0, num_frames=3) == [0, 49, 99]  # a tie goes to the earlier frame
+    assert sample_frame_indices(timestamps[:2], 0.2, fps=1.0) == [0]
+    assert sample_frame_indices(timestamps[:3], 0.3, num_frames=10) == [0, 1, 2]
+
+
+def test_processor_outputs_for_a_file_path(tmp_path):
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(encode_video(num_frames=50, rate=10))
+    processor = LlavaOnevision2VideoProcessor(**SMALL)
+    out = processor(str(path), return_metadata=True)
+    metadata = out["video_metadata"][0]
+    assert metadata.frames_indices == [0, 12, 24, 37, 49, 49]  # 5 at 1 fps, padded to an even count
+    assert metadata.timestamps == pytest.approx([0.0, 1.2, 2.4, 3.7, 4.9, 4.9])
+    grid = out["video_grid_thw"]
+    assert grid.tolist() == [[1, 4, 6]] * 6  # evaluated format: one row per frame
+    assert out["pixel_values_videos"].shape == (6 * 24, 3 * 14 * 14)
+    expected = block_layout_positions(metadata.frames_indices, 4, 6, 2)
+    assert torch.equal(out["video_patch_positions"], expected)
+    assert metadata.source == str(path) and metadata.codec == "h264"
+
+
+def test_training_format_zero_positions_and_budgets():
+    data = encode_video(num_frames=40, rate=10)
+    processor = LlavaOnevision2VideoProcessor(**SMALL)
+    out = processor(
+        data,
+        video_format="training",
+        temporal_positions="zero",
+        num_frames=3,
+        pad_to_even_frames=False,
+        total_pixels=3 * 28 * 28 * 4,
+        return_metadata=True,
+    )
+    # one multi-frame row; the 3-frame budget of 3136 pixels each shrinks 64x96 frames to 28x56
+    assert out["video_grid_thw"].tolist() == [[3, 2, 4]]
+    assert out["video_patch_positions"][:, 0].unique().tolist() == [0]
+    assert out["video_metadata"][0].grid_rows == 1
+
+
+def test_decoded_frames_inputs():
+    processor = LlavaOnevision2VideoProcessor(**SMALL, max_frames=4, pad_to_even_frames=False)
+    frames = [PIL.Image.fromarray(synthetic_frame(i)) for i in range(10)]
+    out = processor(frames, return_metadata=True)
+    assert out["video_metadata"][0].frames_indices == [0, 3, 6, 9]
+    assert out["video_metadata"][0].timestamps == [0.0, 3.0, 6.0, 9.0]  # one frame per second without metadata
+    array = np.stack([synthetic_frame(i) for i in range(30)])
+    out = processor(array, video_metadata={"fps": 10.0}, fps=1.0, return_metadata=True)
+    assert out["video_metadata"][0].frames_indices == [0, 14, 29]  # 3 s at 1 fps
+    assert out["video_metadata"][0].timestamps == pytest.approx([0.0, 1.4, 2.9])
+    batch = processor([frames, array], video_metadata=[None, {"fps": 10.0}], return_metadata=True)
+    assert [m.grid_rows for m in batch["video_metadata"]] == [4, 3]
+
+
+def test_same_pixels_from_file_and_from_decoded_frames():
+    """The decode path and the in-memory path share resize / normalise / patchify."""
+    data = encode_video(num_frames=20, rate=10)
+    processor = LlavaOnevision2VideoProcessor(**SMALL, pad_to_even_frames=False)
+    from_file = processor(data, num_frames=2, return_metadata=True)
+    clip = read_video(data, num_frames=2)
+    from_frames = processor(clip.frames, video_metadata={"fps": 10.0}, num_frames=2, return_metadata=True)
+    assert torch.equal(from_file["pixel_values_videos"], from_frames["pixel_values_videos"])
+
+
+def test_bad_video_inputs_name_the_input(tmp_path):
+    processor = LlavaOnevision2VideoProcessor(**SMALL)
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        processor(str(tmp_path / "missing.mp4"))
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x01 not a video " * 64)
+    with pytest.raises(ValueError, match=r"Could not open video .*corrupt\.mp4"):
+        processor(str(corrupt))
+    audio = tmp_path / "speech.mkv"
+    audio.write_bytes(encode_audio_only())
+    with pytest.raises(ValueError, match=r"speech\.mkv has no video stream \(streams found: audio\)"):
+        processor(str(audio))
+    full = encode_video(num_frames=100, container_format="matroska")
+    truncated = tmp_path / "cut.mkv"
+    truncated.write_bytes(full[: len(full) // 2])
+    with pytest.raises(ValueError, match=r"cut\.mkv looks truncated: the container declares 10\.00s"):
+        processor(str(truncated))
+    out = processor(str(truncated), allow_truncated=True, return_metadata=True)
+    assert max(out["video_metadata"][0].timestamps) < 10.0
+    cut_mp4 = tmp_path / "cut.mp4"
+    cut_mp4.write_bytes(encode_video(num_frames=100)[:3000])
+    with pytest.raises(ValueError, match=r"cut\.mp4"):
+        processor(str(cut_mp4))
+    empty = tmp_path / "empty.mkv"
+    empty.write_bytes(encode_empty_video_stream())
+    with pytest.raises(ValueError, match=r"empty\.mkv has no decodable frames"):
+        processor(str(empty))
+    with pytest.raises(ValueError, match="video 0 has no frames"):
+        processor(np.zeros((0, 64, 96, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"must be \[T, H, W, 3\]"):
+        processor(np.zeros((2, 64, 96), dtype=np.uint8)[None])
+    with pytest.raises(ValueError, match="video_backend 'codec' is not available"):
+        processor(encode_video(num_frames=4), video_backend="codec")
+    with pytest.raises(ValueError, match="video_format must be one of"):
+        processor(encode_video(num_frames=4), video_format="fancy")
+
+
+def test_video_processor_save_and_load(tmp_path):
+    processor = LlavaOnevision2VideoProcessor(**SMALL, video_format="training", max_frames=8)
+    processor.save_pretrained(tmp_path)
+    loaded = LlavaOnevision2VideoProcessor.from_pretrained(tmp_path)
+    assert (loaded.video_format, loaded.max_frames, loaded.min_pixels) == ("training", 8, SMALL["min_pixels"])
