@@ -11,6 +11,7 @@ Images and videos keep their order in the prompt; token ids come from the tokeni
 
 import re
 
+import torch
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 
 from .image_processing_llava_onevision2 import LlavaOnevision2ImagesKwargs
@@ -116,12 +117,63 @@ class LlavaOnevision2Processor(ProcessorMixin):
         ]
         return processed, replacements
 
+    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        if videos is None or text is None:
+            return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        # Codec videos are written as image runs (the released contract); their rows join the image keys in prompt
+        # order, which needs the placement of every expanded placeholder and each video's metadata.
+        wanted = {key: kwargs.get(key) for key in ("return_text_replacement_offsets", "return_metadata")}
+        outputs = super().__call__(
+            images=images,
+            text=text,
+            videos=videos,
+            audio=audio,
+            **{**kwargs, "return_text_replacement_offsets": True, "return_metadata": True},
+        )
+        outputs = self._codec_videos_as_images(outputs)
+        if not wanted["return_text_replacement_offsets"]:
+            outputs.pop("text_replacement_offsets", None)
+        if not wanted["return_metadata"]:
+            outputs.pop("video_metadata", None)
+        return outputs
+
+    def _codec_videos_as_images(self, outputs):
+        """Move codec videos from the video keys into the image keys, interleaved with images in prompt order."""
+        metadata = outputs.get("video_metadata") or []
+        if not any(m.video_format == "codec" for m in metadata):
+            return outputs
+        image_parts = split_visual_rows(
+            outputs, "pixel_values", "image_grid_thw", "patch_positions", rows_per_item=None
+        )
+        video_parts = split_visual_rows(
+            outputs, "pixel_values_videos", "video_grid_thw", "video_patch_positions", [m.grid_rows for m in metadata]
+        )
+        images, videos = iter(image_parts), iter(zip(video_parts, metadata))
+        as_images, still_videos, kept_metadata = [], [], []
+        for sample in outputs["text_replacement_offsets"]:
+            for item in sample:
+                if item["type"] == "image":
+                    as_images.append(next(images))
+                elif item["type"] == "video":
+                    part, meta = next(videos)
+                    if meta.video_format == "codec":
+                        as_images.append(part)
+                    else:
+                        still_videos.append(part)
+                        kept_metadata.append(meta)
+        join_visual_rows(outputs, as_images, "pixel_values", "image_grid_thw", "patch_positions")
+        join_visual_rows(outputs, still_videos, "pixel_values_videos", "video_grid_thw", "video_patch_positions")
+        outputs["video_metadata"] = metadata
+        return outputs
+
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         merge = self.image_processor.merge_size
         return self.image_token * merged_token_count(image_inputs["image_grid_thw"][image_idx], merge)
 
     def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
         metadata = video_inputs["video_metadata"]
+        if metadata[video_idx].video_format == "codec":
+            return self.codec_prompt(metadata[video_idx].codec_runs)
         first_row = sum(m.grid_rows for m in metadata[:video_idx])
         rows = video_inputs["video_grid_thw"][first_row : first_row + metadata[video_idx].grid_rows]
         merge = self.video_processor.merge_size
@@ -134,10 +186,49 @@ class LlavaOnevision2Processor(ProcessorMixin):
             for seconds, tokens in zip(timestamps, tokens_per_frame, strict=True)
         )
 
+    def codec_prompt(self, runs: list[tuple[float, int]]) -> str:
+        """One `<t seconds><|vision_start|><|image_pad|> x k<|vision_end|>` line per run of blocks from one frame."""
+        return "".join(
+            f"<{seconds:.1f} seconds>{self.vision_start_token}{self.image_token * tokens}{self.vision_end_token}\n"
+            for seconds, tokens in runs
+        )
+
     @property
     def model_input_names(self) -> list[str]:
         names = self.tokenizer.model_input_names + self.image_processor.model_input_names
         return list(dict.fromkeys(names + self.video_processor.model_input_names))
+
+
+def split_visual_rows(outputs, pixel_key: str, grid_key: str, positions_key: str, rows_per_item: list[int] | None):
+    """Per item (image or video): its (pixels, grid rows, positions); one grid row per item unless given."""
+    if pixel_key not in outputs:
+        return []
+    grids = outputs[grid_key]
+    rows_per_item = rows_per_item or [1] * len(grids)
+    parts, grid_start, pixel_start = [], 0, 0
+    for count in rows_per_item:
+        item_grids = grids[grid_start : grid_start + count]
+        patches = int(item_grids.prod(-1).sum())
+        parts.append(
+            (
+                outputs[pixel_key][pixel_start : pixel_start + patches],
+                item_grids,
+                outputs[positions_key][pixel_start : pixel_start + patches],
+            )
+        )
+        grid_start, pixel_start = grid_start + count, pixel_start + patches
+    return parts
+
+
+def join_visual_rows(outputs, parts, pixel_key: str, grid_key: str, positions_key: str) -> None:
+    """Write `parts` back under the three keys (or remove the keys when there are none)."""
+    if not parts:
+        for key in (pixel_key, grid_key, positions_key):
+            outputs.pop(key, None)
+        return
+    outputs[pixel_key] = torch.cat([part[0] for part in parts])
+    outputs[grid_key] = torch.cat([part[1] for part in parts])
+    outputs[positions_key] = torch.cat([part[2] for part in parts])
 
 
 __all__ = ["CHAT_TEMPLATE", "LlavaOnevision2Processor"]

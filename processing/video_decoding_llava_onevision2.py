@@ -61,6 +61,7 @@ class VideoStreamIndex:
     Attributes:
         pts: presentation timestamps (stream time base), sorted, one per frame.
         keyframe: whether each frame (same order) starts a GOP.
+        packet_bytes: compressed size of each frame's packet (same order).
         time_base: seconds per pts unit.
         width, height: coded frame size. rotation: degrees counter-clockwise to display upright.
         declared_duration: the container's own duration in seconds (None when it has none).
@@ -68,6 +69,7 @@ class VideoStreamIndex:
 
     pts: np.ndarray
     keyframe: np.ndarray
+    packet_bytes: np.ndarray
     time_base: Fraction
     width: int
     height: int
@@ -103,13 +105,14 @@ class VideoStreamIndex:
 def index_video_stream(container, name: str) -> VideoStreamIndex:
     """Demux every packet of the first video stream (no decoding) into a `VideoStreamIndex`."""
     stream = container.streams.video[0]
-    pts, keyframe = [], []
+    pts, keyframe, sizes = [], [], []
     try:
         for packet in container.demux(stream):
             if packet.pts is None or packet.size == 0:  # flush packets carry no frame
                 continue
             pts.append(packet.pts)
             keyframe.append(packet.is_keyframe)
+            sizes.append(packet.size)
     except av.FFmpegError as error:
         if not pts:
             raise ValueError(f"Could not read packets of video {name}: {error}") from error
@@ -121,6 +124,7 @@ def index_video_stream(container, name: str) -> VideoStreamIndex:
     return VideoStreamIndex(
         pts=np.asarray(pts, dtype=np.int64)[order],
         keyframe=np.asarray(keyframe, dtype=bool)[order],
+        packet_bytes=np.asarray(sizes, dtype=np.int64)[order],
         time_base=stream.time_base,
         width=stream.codec_context.width,
         height=stream.codec_context.height,
@@ -167,47 +171,61 @@ def frame_to_rgb(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(array, k=quarter_turns)) if quarter_turns else array
 
 
-def decode_frames(
-    container, index: VideoStreamIndex, wanted: list[int], name: str
-) -> tuple[list[np.ndarray], list[int], int]:
-    """Decode the frames at sorted positions `wanted` of `index`.
+@dataclass
+class DecodeStats:
+    """What a decode pass cost: frames the decoder produced and seeks it made."""
 
-    Returns the RGB frames, the positions actually decoded (equal to `wanted`, unless the stream has no frame at a
-    position, in which case the next decodable frame stands in and its own position is reported) and how many frames
-    the decoder produced in total.
+    frames_decoded: int = 0
+    seeks: int = 0
+
+
+def iter_frames(container, index: VideoStreamIndex, wanted: list[int], name: str, stats: DecodeStats | None = None):
+    """Yield `(position, frame)` for the sorted positions `wanted` of `index`, decoding as little as possible.
+
+    The decoder runs on while the next wanted frame is in the GOP being decoded and seeks to the keyframe before it
+    otherwise. A position the stream has no frame for is served by the next decodable frame (its own position is
+    yielded). Raises, naming the video, when a wanted frame cannot be reached.
     """
+    stats = stats if stats is not None else DecodeStats()
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     keyframes = np.flatnonzero(index.keyframe)
-    frames, positions = [], []
     decoder, next_position = None, 0  # `next_position`: where the running decoder is in presentation order
-    counter = [0]
     for target in wanted:
         preceding = np.searchsorted(keyframes, target, side="right") - 1
         gop_start = int(keyframes[preceding]) if preceding >= 0 else 0
-        # Decoding on is cheaper while the target is in the GOP being decoded; otherwise jump to its keyframe.
         if decoder is None or target < next_position or gop_start > next_position:
             container.seek(int(index.pts[gop_start]), stream=stream, backward=True, any_frame=False)
             decoder = container.decode(stream)
-        found = next_frame_at_or_after(decoder, index, target, name, counter)
+            stats.seeks += 1
+        found = next_frame_at_or_after(decoder, index, target, name, stats)
         if found is None:
             raise ValueError(
                 f"Video {name}: frame {target} (t={index.timestamps[target]:.2f}s) could not be decoded; the file "
                 "may be truncated or damaged."
             )
         frame, position = found
+        next_position = position + 1
+        yield position, frame
+
+
+def decode_frames(
+    container, index: VideoStreamIndex, wanted: list[int], name: str
+) -> tuple[list[np.ndarray], list[int], int]:
+    """RGB frames at the sorted positions `wanted`, the positions actually decoded, and frames decoded in total."""
+    stats = DecodeStats()
+    frames, positions = [], []
+    for position, frame in iter_frames(container, index, wanted, name, stats):
         frames.append(frame_to_rgb(frame))
         positions.append(position)
-        next_position = position + 1
-    return frames, positions, counter[0]
+    return frames, positions, stats.frames_decoded
 
 
-def next_frame_at_or_after(decoder, index: VideoStreamIndex, target: int, name: str, counter: list[int]):
-    """Pull frames from `decoder` until one at or after position `target`; None when the stream ends first.
-    `counter[0]` counts every frame pulled."""
+def next_frame_at_or_after(decoder, index: VideoStreamIndex, target: int, name: str, stats: DecodeStats):
+    """Pull frames from `decoder` until one at or after position `target`; None when the stream ends first."""
     try:
         for frame in decoder:
-            counter[0] += 1
+            stats.frames_decoded += 1
             if frame.pts is None:
                 raise ValueError(
                     f"Video {name} has frames without presentation timestamps; cannot place them in time."
@@ -279,10 +297,12 @@ def check_complete(index: VideoStreamIndex, name: str, allow_truncated: bool) ->
 
 
 __all__ = [
+    "DecodeStats",
     "DecodedClip",
     "VideoStreamIndex",
     "decode_frames",
     "index_video_stream",
+    "iter_frames",
     "open_video",
     "read_video",
     "sample_frame_indices",

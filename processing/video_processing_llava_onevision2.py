@@ -23,6 +23,7 @@ from transformers.processing_utils import VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata
 
+from .codec_sampling_llava_onevision2 import CodecSamplingConfig, sample_codec_video
 from .video_decoding_llava_onevision2 import DecodedClip, read_video, sample_frame_indices
 from .vision_layout_llava_onevision2 import PixelBudgetMixin, block_layout_positions, patchify, smart_resize
 
@@ -41,7 +42,9 @@ class LlavaOnevision2VideosKwargs(VideosKwargs, total=False):
     video_format (`str`): "evaluated" (each frame its own grid row, no newline between frame blocks) or
         "training" (one multi-frame grid row, a newline after each frame block).
     temporal_positions (`str`): "frame_index" (t = source frame index) or "zero" (t = 0, as at evaluation).
-    video_backend (`str`): "frames" (decode sampled frames); other samplers register in `video_backends`.
+    video_backend (`str`): "frames" (decode sampled frames) or "codec" (codec-aligned canvases, see
+        `codec_sampling_llava_onevision2`); samplers are registered in `video_backends`.
+    codec_config (`dict`): overrides of `CodecSamplingConfig` for the codec back-end (the released "codec" block).
     allow_truncated (`bool`): accept files whose frames end well before their declared duration.
     patch_size / merge_size / temporal_patch_size (`int`): vision geometry (14 / 2 / 1).
     """
@@ -54,6 +57,7 @@ class LlavaOnevision2VideosKwargs(VideosKwargs, total=False):
     video_format: str
     temporal_positions: str
     video_backend: str
+    codec_config: dict | None
     allow_truncated: bool
     patch_size: int
     merge_size: int
@@ -67,6 +71,8 @@ class LlavaOnevision2VideoMetadata(VideoMetadata):
     frame_timestamps: list[float] | None = None
     grid_rows: int = 1
     video_format: str = "evaluated"
+    codec_runs: list[tuple[float, int]] | None = None  # codec back-end: (seconds, tokens) per run of one frame
+    codec_report: dict | None = None
     codec: str | None = None
     source: str | None = None
 
@@ -142,12 +148,13 @@ class LlavaOnevision2VideoProcessor(PixelBudgetMixin, BaseVideoProcessor):
     video_format = "evaluated"
     temporal_positions = "frame_index"
     video_backend = "frames"
+    codec_config = None
     allow_truncated = False
     return_metadata = False
     valid_kwargs = LlavaOnevision2VideosKwargs
     model_input_names = ["pixel_values_videos", "video_grid_thw", "video_patch_positions"]
-    # Sampling back-ends by name -> method returning a `DecodedClip`. The codec sampler registers here.
-    video_backends: ClassVar[dict[str, str]] = {"frames": "load_clip"}
+    # Sampling back-ends by name -> method returning (pixel rows, grid rows, positions, metadata) for one video.
+    video_backends: ClassVar[dict[str, str]] = {"frames": "frames_inputs", "codec": "codec_inputs"}
 
     # -- settings --------------------------------------------------------------------------------------------------
 
@@ -257,6 +264,60 @@ class LlavaOnevision2VideoProcessor(PixelBudgetMixin, BaseVideoProcessor):
         )
         return rows, grids, positions, metadata
 
+    def frames_inputs(self, video, metadata, settings: dict, name: str):
+        """The frames back-end: sampled frames, resized to one size, as model inputs."""
+        return self.clip_to_model_inputs(self.load_clip(video, metadata, settings, name), settings)
+
+    def codec_inputs(self, video, metadata, settings: dict, name: str):
+        """The codec back-end: anchor + collage canvases of one video as one merged grid row `[N_canvas, h, w]`."""
+        if isinstance(video, (np.ndarray, torch.Tensor, list, tuple)):
+            raise ValueError(
+                f"{name}: codec sampling reads the compressed stream; pass a path, bytes or a binary file, not "
+                "decoded frames (use video_backend='frames' for those)."
+            )
+        values = {
+            "patch": settings["patch_size"],
+            "merge": settings["merge_size"],
+            "allow_truncated": settings["allow_truncated"],
+            **(self.codec_config or {}),
+            **(settings["codec_config"] or {}),
+        }
+        config = CodecSamplingConfig(**values)
+        if (config.patch, config.merge) != (settings["patch_size"], settings["merge_size"]):
+            raise ValueError(
+                f"codec_config patch/merge {config.patch}/{config.merge} differ from the processor's "
+                f"{settings['patch_size']}/{settings['merge_size']}."
+            )
+        sample = sample_codec_video(video, config)
+        canvases = torch.from_numpy(sample.canvases).permute(0, 3, 1, 2)
+        canvases = self.rescale_and_normalize(
+            canvases,
+            settings["do_rescale"],
+            settings["rescale_factor"],
+            settings["do_normalize"],
+            settings["image_mean"],
+            settings["image_std"],
+        )
+        rows = patchify(canvases, config.patch, config.merge)
+        grid_h, grid_w = sample.grid
+        metadata = LlavaOnevision2VideoMetadata(
+            total_num_frames=sample.report["total_frames"],
+            fps=sample.fps,
+            width=int(sample.canvases.shape[2]),
+            height=int(sample.canvases.shape[1]),
+            duration=sample.report["duration"],
+            video_backend="codec",
+            frames_indices=sample.candidate_ids,
+            frame_timestamps=sample.candidate_times,
+            grid_rows=1,
+            video_format="codec",
+            codec=sample.report["codec"],
+            source=sample.report["source"],
+            codec_runs=sample.timestamp_runs(config.merge),
+            codec_report=sample.report,
+        )
+        return rows, [[len(sample.canvases), grid_h, grid_w]], torch.from_numpy(sample.positions), metadata
+
     def preprocess(self, videos, **kwargs) -> BatchFeature:
         return_tensors = kwargs.pop("return_tensors", None)
         given_metadata = kwargs.pop("video_metadata", None)
@@ -266,11 +327,12 @@ class LlavaOnevision2VideoProcessor(PixelBudgetMixin, BaseVideoProcessor):
             given_metadata = [given_metadata] * len(sources)
         if len(given_metadata) != len(sources):
             raise ValueError(f"Got {len(given_metadata)} video_metadata entries for {len(sources)} videos.")
-        load = getattr(self, self.video_backends[settings["video_backend"]])
+        to_model_inputs = getattr(self, self.video_backends[settings["video_backend"]])
         rows, grids, positions, metadata = [], [], [], []
         for index, (source, meta) in enumerate(zip(sources, given_metadata)):
-            clip = load(source, meta, settings, name=f"video {index}")
-            clip_rows, clip_grids, clip_positions, clip_metadata = self.clip_to_model_inputs(clip, settings)
+            clip_rows, clip_grids, clip_positions, clip_metadata = to_model_inputs(
+                source, meta, settings, name=f"video {index}"
+            )
             rows.append(clip_rows)
             grids.extend(clip_grids)
             positions.append(clip_positions)

@@ -108,3 +108,36 @@ def encode_empty_video_stream() -> bytes:
         for packet in audio.encode():
             container.mux(packet)
     return buffer.getvalue()
+
+
+def encode_moving_box(
+    num_frames: int = 240,
+    rate: int = 30,
+    codec: str = "libx264",
+    gop: int = 30,
+    width: int = 320,
+    height: int = 192,
+    box: int = 32,
+    speed: int = 3,
+    container_format: str = "mp4",
+    moving: bool = True,
+) -> tuple[bytes, list[tuple[int, int]]]:
+    """A textured static background with a red box sliding right; returns the bytes and each frame's box corner."""
+    background = (np.random.default_rng(0).random((height, width, 3)) * 60 + 80).astype(np.uint8)
+    corners = []
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"g": str(gop)} if codec != "libx265" else {"x265-params": f"keyint={gop}:log-level=none"}
+        for index in range(num_frames):
+            image = background.copy()
+            x = (index * speed) % (width - box) if moving else width // 2
+            y = height // 3
+            image[y : y + box, x : x + box] = (250, 40, 40)
+            corners.append((x, y))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue(), corners

@@ -168,8 +168,8 @@ def test_bad_video_inputs_name_the_input(tmp_path):
         processor(np.zeros((0, 64, 96, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"must be \[T, H, W, 3\]"):
         processor(np.zeros((2, 64, 96), dtype=np.uint8)[None])
-    with pytest.raises(ValueError, match="video_backend 'codec' is not available"):
-        processor(encode_video(num_frames=4), video_backend="codec")
+    with pytest.raises(ValueError, match="video_backend 'fancy' is not available"):
+        processor(encode_video(num_frames=4), video_backend="fancy")
     with pytest.raises(ValueError, match="video_format must be one of"):
         processor(encode_video(num_frames=4), video_format="fancy")
 

@@ -1,0 +1,616 @@
+"""Codec-aligned video sampling on stock PyAV: anchor canvases plus collages of the busiest 2x2 blocks.
+
+The released LLaVA-OneVision-2 codec path keeps one frame per group dense and fills the group's other canvases with
+the merge blocks that cost the encoder the most bits, so the same token budget spans about three times the time of
+uniform sampling. This module reproduces that flow without a patched FFmpeg, for every codec PyAV decodes:
+
+1. candidates: `(target_canvas / images_per_group) * group_size` frames uniform over the video (index truncation),
+   optionally moved off keyframes (+-1..4 frames, then refilled with the nearest unused non-keyframes);
+2. geometry: one canvas size for all frames, sides multiples of patch x merge, area about `max_pixels`;
+3. score maps (`score_source="framediff"`): per 4x4-pixel cell, the smallest absolute luma difference to the
+   immediately preceding decoded frame over +-`shift_radius` half-resolution pixels of displacement (motion-tolerant
+   block matching), scaled so the frame sums to its packet bits, then log1p, divided by the frame's 99th
+   percentile, clipped to [0, 1] and resized to the canvas. (codec-pipeline.md section 3 measured this signal as
+   the closest stock-PyAV stand-in for the released per-macroblock bit-cost.) A frame without a decoded
+   predecessor uses its spatial activity instead;
+4. readiness grouping: a group grows from min to max frames until its top-B block sum reaches the video's mean
+   fixed-window sum with the selected blocks spread over `coverage_bins` thirds, and stops once an extra frame adds
+   less than `delta_ratio`;
+5. selection: the group's first good frame is the anchor canvas; the other `images_per_group - 1` canvases take the
+   group's top-B blocks of the remaining frames (ties broken by frame, then block index; zero-score blocks never);
+6. packing: anchor blocks then selected blocks (in frame, row, column order) fill canvases block by block, so every
+   merge window of a canvas is one whole source block; positions are (source frame index, patch row, patch column)
+   in block layout. A group whose blocks do not fill whole canvases keeps fewer canvases; nothing is zero-filled.
+
+Decoding is one pass over the needed frames (candidates and their predecessors), seeking by GOP when that skips
+work; only candidate frames are converted to RGB, at canvas size. Results can be cached on disk under a key made of
+the file's content hash and every setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import av
+import numpy as np
+
+from .video_decoding_llava_onevision2 import (
+    DecodeStats,
+    check_complete,
+    describe_source,
+    index_video_stream,
+    iter_frames,
+    open_video,
+)
+
+CACHE_FORMAT_VERSION = 1
+SCORE_SOURCES = ("framediff",)
+MIN_CANVAS_PIXELS = 56 * 56
+
+
+@dataclass(frozen=True)
+class CodecSamplingConfig:
+    """Knobs of the released `codec` block, plus this implementation's own (documented inline)."""
+
+    target_canvas: int = 32
+    group_size: int = 32
+    images_per_group: int = 4
+    patch: int = 14
+    merge: int = 2
+    max_pixels: int = 150_000
+    min_group_frames: int = 8
+    max_group_frames: int = 64
+    avoid_keyframes: bool = True
+    # ours
+    score_source: str = "framediff"
+    coverage_bins: int = 3
+    delta_ratio: float = 0.05
+    score_percentile: float = 99.0
+    shift_radius: int = 2  # motion tolerance in half-resolution pixels
+    allow_truncated: bool = False
+    cache_dir: str | None = field(default=None, compare=False)
+    progress: bool | None = field(default=None, compare=False)  # None: a bar for videos over 5 minutes
+
+    def __post_init__(self):
+        if self.target_canvas <= 0 or self.images_per_group <= 0 or self.group_size <= 0:
+            raise ValueError("target_canvas, images_per_group and group_size must be positive.")
+        if self.target_canvas % self.images_per_group:
+            raise ValueError(
+                f"target_canvas ({self.target_canvas}) must be a multiple of images_per_group ({self.images_per_group})."
+            )
+        if self.min_group_frames > self.max_group_frames:
+            raise ValueError(
+                f"min_group_frames {self.min_group_frames} exceeds max_group_frames {self.max_group_frames}."
+            )
+        if self.score_source not in SCORE_SOURCES:
+            raise ValueError(f"score_source must be one of {SCORE_SOURCES}, got {self.score_source!r}.")
+
+    @property
+    def num_candidates(self) -> int:
+        return (self.target_canvas // self.images_per_group) * self.group_size
+
+    def settings(self) -> dict:
+        """Every setting that changes the result (the cache key)."""
+        values = asdict(self)
+        values.pop("cache_dir")
+        values.pop("progress")
+        return values
+
+
+@dataclass
+class CodecSample:
+    """Result of codec sampling one video.
+
+    Attributes:
+        canvases: `[N, H, W, 3]` uint8, anchor canvas first in each group.
+        positions: `[N * Hp * Wp, 3]` int64 (source frame index, patch row, patch column), block layout per canvas.
+        fps: the stream's average frame rate.
+        candidate_ids / candidate_times: the sampled source frames and their presentation times in seconds (exact,
+            also for variable frame rate; equal to `t / fps` for constant frame rate). groups: per group its frames, anchor, canvases and stop reason.
+        report: score source, frames decoded, seeks and warnings.
+    """
+
+    canvases: np.ndarray
+    positions: np.ndarray
+    fps: float
+    candidate_ids: list[int]
+    candidate_times: list[float]
+    groups: list[dict]
+    report: dict
+    candidate_frames: np.ndarray | None = None  # [T, H, W, 3] when asked for (visualisation)
+    selected: list[list[tuple[int, int, int]]] | None = None  # per group: (frame, block row, block col)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.canvases.shape[1] // self.report["patch"], self.canvases.shape[2] // self.report["patch"]
+
+    def timestamp_runs(self, merge: int) -> list[tuple[float, int]]:
+        """(seconds, tokens) per run of consecutive blocks from one source frame, in canvas order."""
+        frame_of_block = self.positions[:: merge * merge, 0]
+        runs: list[list[int]] = []
+        for t in frame_of_block.tolist():
+            if runs and runs[-1][0] == t:
+                runs[-1][1] += 1
+            else:
+                runs.append([t, 1])
+        seconds = dict(zip(self.candidate_ids, self.candidate_times))
+        return [(seconds[t], blocks) for t, blocks in runs if t >= 0]
+
+
+# -- 1. candidates --------------------------------------------------------------------------------------------------
+
+
+def uniform_candidate_ids(total_frames: int, count: int) -> list[int]:
+    """`count` ids spread over the video, by truncation of evenly spaced positions (as the release does)."""
+    count = min(count, total_frames)
+    return sorted(set(np.linspace(0, total_frames - 1, count).astype(np.int64).tolist()))
+
+
+def move_off_keyframes(ids: list[int], keyframe: np.ndarray) -> list[int]:
+    """Replace keyframe candidates by the nearest non-keyframe within 4 frames (+d before -d), then refill to the
+    original count with the unused non-keyframes nearest to the kept ids (ties: nearer the middle, then smaller)."""
+    total = len(keyframe)
+    moved = []
+    for frame_id in ids:
+        replacement = frame_id
+        if keyframe[frame_id]:
+            for distance in range(1, 5):
+                options = [frame_id + distance, frame_id - distance]
+                usable = [o for o in options if 0 <= o < total and not keyframe[o]]
+                if usable:
+                    replacement = usable[0]
+                    break
+        moved.append(replacement)
+    kept = sorted(set(moved))
+    missing = len(ids) - len(kept)
+    if missing > 0:
+        kept_array = np.asarray(kept)
+        spare = np.setdiff1d(np.flatnonzero(~keyframe), kept_array)
+        if len(spare):
+            slot = np.clip(np.searchsorted(kept_array, spare), 1, len(kept_array) - 1) if len(kept_array) > 1 else None
+            if slot is None:
+                distance = np.abs(spare - kept_array[0])
+            else:
+                distance = np.minimum(np.abs(spare - kept_array[slot - 1]), np.abs(spare - kept_array[slot]))
+            order = np.lexsort((spare, np.abs(spare - (total - 1) / 2), distance))
+            kept = sorted(kept + spare[order[:missing]].tolist())
+    return kept
+
+
+# -- 2. geometry ----------------------------------------------------------------------------------------------------
+
+
+def canvas_size(height: int, width: int, factor: int, max_pixels: int) -> tuple[int, int]:
+    """Canvas (height, width): multiples of `factor`; the pixel budget is tested on the source area."""
+    resized_h = max(factor, round(height / factor) * factor)
+    resized_w = max(factor, round(width / factor) * factor)
+    if height * width > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        resized_h = max(factor, math.floor(height / beta / factor) * factor)
+        resized_w = max(factor, math.floor(width / beta / factor) * factor)
+    elif height * width < MIN_CANVAS_PIXELS:
+        beta = math.sqrt(MIN_CANVAS_PIXELS / (height * width))
+        resized_h = math.ceil(height * beta / factor) * factor
+        resized_w = math.ceil(width * beta / factor) * factor
+    return resized_h, resized_w
+
+
+# -- 3. scores ------------------------------------------------------------------------------------------------------
+
+CELL = 4  # score cells of 4x4 source pixels = 2x2 half-resolution pixels
+
+
+def cell_sums(values: np.ndarray, cell: int) -> np.ndarray:
+    height, width = (values.shape[0] // cell) * cell, (values.shape[1] // cell) * cell
+    return values[:height, :width].reshape(height // cell, cell, width // cell, cell).sum(axis=(1, 3))
+
+
+def motion_tolerant_difference(current: np.ndarray, previous: np.ndarray, radius: int) -> np.ndarray:
+    """Per 2x2-pixel cell, the smallest sum of |current - shifted previous| over shifts within +-radius."""
+    padded = np.pad(previous, radius, mode="edge")
+    height, width = current.shape
+    best = None
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            difference = cell_sums(np.abs(current - padded[dy : dy + height, dx : dx + width]), 2)
+            best = difference if best is None else np.minimum(best, difference)
+    return best
+
+
+def spatial_activity(luma: np.ndarray) -> np.ndarray:
+    """Per 2x2-pixel cell, the sum of |luma - its 3x3 local mean| (texture, for frames without a predecessor)."""
+    padded = np.pad(luma, 1, mode="edge")
+    local_mean = (
+        sum(padded[dy : dy + luma.shape[0], dx : dx + luma.shape[1]] for dy in range(3) for dx in range(3)) / 9
+    )
+    return cell_sums(np.abs(luma - local_mean), 2)
+
+
+def score_map(cells: np.ndarray, packet_bits: float, canvas_hw: tuple[int, int], percentile: float) -> np.ndarray:
+    """Cell costs -> the release's per-frame transform -> a [0, 1] map at canvas size."""
+    total = float(cells.sum())
+    scaled = cells * (packet_bits / total) if total > 0 and packet_bits > 0 else cells
+    logged = np.log1p(np.maximum(scaled, 0))
+    scale = max(float(np.percentile(logged, percentile)), 1e-6)
+    normalised = np.clip(logged / scale, 0.0, 1.0)
+    rows = np.minimum((np.arange(canvas_hw[0]) * normalised.shape[0]) // canvas_hw[0], normalised.shape[0] - 1)
+    cols = np.minimum((np.arange(canvas_hw[1]) * normalised.shape[1]) // canvas_hw[1], normalised.shape[1] - 1)
+    return normalised[rows][:, cols]
+
+
+def block_scores(scores: np.ndarray, block_pixels: int) -> np.ndarray:
+    """Sum of the map over each merge block (merge x merge patches) -> `[Hb * Wb]` in block-raster order."""
+    return cell_sums(scores, block_pixels).reshape(-1)
+
+
+def is_bad_frame(rgb: np.ndarray) -> bool:
+    """Black, flat or green-corrupted frames never anchor and offer no blocks."""
+    luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if luma.mean() <= 8 and luma.std() <= 6:
+        return True
+    channels = rgb.reshape(-1, 3).astype(np.float32)
+    if luma.std() <= 4 and (channels.std(axis=0) <= 4).all() and (np.ptp(channels, axis=0) <= 12).all():
+        return True
+    red, green, blue = channels[:, 0], channels[:, 1], channels[:, 2]
+    greenish = ((green >= 180) & (red <= 90) & (blue <= 90)).mean() >= 0.35
+    green_cast = green.mean() > 120 and green.mean() - max(red.mean(), blue.mean()) > 80 and green.std() < 50
+    return bool(greenish or green_cast)
+
+
+# -- 4. grouping ----------------------------------------------------------------------------------------------------
+
+
+def top_blocks(scores: np.ndarray, frame_offsets: np.ndarray, budget: int) -> np.ndarray:
+    """Indices of the `budget` best entries, ties broken by frame offset then block index (deterministic)."""
+    order = np.lexsort((np.arange(len(scores)), frame_offsets, -scores))
+    return order[:budget]
+
+
+def readiness(block_matrix: np.ndarray, start: int, end: int, budget: int, bins: int) -> tuple[float, int]:
+    """Top-B block sum of frames start+1..end-1 and how many of `bins` time bins those blocks touch."""
+    if end - start < 2:
+        return 0.0, 0
+    candidates = block_matrix[start + 1 : end]
+    flat = candidates.reshape(-1)
+    take = min(budget, flat.size)
+    chosen = np.argpartition(-flat, take - 1)[:take] if take < flat.size else np.arange(flat.size)
+    total = float(flat[chosen].sum())
+    frames = np.unique(chosen // candidates.shape[1]) + 1  # relative positions 1..len-1
+    span = end - start - 1
+    covered = len(np.unique(np.minimum(((frames - 1) * bins) // span, bins - 1)))
+    return total, covered
+
+
+def readiness_threshold(block_matrix: np.ndarray, config: CodecSamplingConfig, budget: int) -> float:
+    """Mean top-B sum over fixed windows of `group_size` candidates (short windows ignored)."""
+    shortest = max(4, config.coverage_bins + 1)
+    sums = [
+        readiness(
+            block_matrix, start, min(start + config.group_size, len(block_matrix)), budget, config.coverage_bins
+        )[0]
+        for start in range(0, len(block_matrix), config.group_size)
+        if min(start + config.group_size, len(block_matrix)) - start >= shortest
+    ]
+    return float(np.mean(sums)) if sums else 0.0
+
+
+def readiness_groups(block_matrix: np.ndarray, config: CodecSamplingConfig, budget: int) -> list[tuple[int, int, str]]:
+    """Split candidates into `(start, end, stop_reason)` groups by readiness (see the module docstring)."""
+    count = len(block_matrix)
+    smallest = max(4, config.min_group_frames)
+    if count < smallest:  # too short for a regular group: one group of everything, never zero canvases
+        return [(0, count, "short_video")] if count else []
+    threshold = readiness_threshold(block_matrix, config, budget)
+    required_coverage = min(config.coverage_bins, config.images_per_group - 1)
+    groups, start = [], 0
+    while count - start >= smallest:
+        end, reason, previous = None, None, None
+        last_ready = None
+        for candidate_end in range(start + config.min_group_frames, min(start + config.max_group_frames, count) + 1):
+            total, covered = readiness(block_matrix, start, candidate_end, budget, config.coverage_bins)
+            ready = total >= threshold and covered >= required_coverage
+            if ready:
+                if previous is not None and last_ready is not None and total < previous * (1 + config.delta_ratio):
+                    end, reason = candidate_end, "low_gain"
+                    break
+                last_ready = candidate_end
+            previous = total
+        if end is None:
+            if last_ready is not None:
+                end, reason = last_ready, "max_frames_ready"
+            else:
+                end = min(start + config.max_group_frames, count)
+                reason = "tail_flush" if end == count else "max_frames"
+        groups.append((start, end, reason))
+        start = end
+    return groups
+
+
+# -- 5/6. selection and packing -----------------------------------------------------------------------------------
+
+
+def select_group(
+    block_matrix: np.ndarray, bad: np.ndarray, start: int, end: int, budget: int, blocks_per_canvas: int
+) -> tuple[int | None, list[tuple[int, int]]]:
+    """Anchor offset and selected (frame offset, block index) pairs of one group, trimmed to whole canvases."""
+    frames = [offset for offset in range(start, end) if not bad[offset]]
+    if not frames:
+        return None, []
+    anchor, others = frames[0], frames[1:]
+    if not others:
+        return anchor, []
+    scores = block_matrix[others].reshape(-1)
+    offsets = np.repeat(np.asarray(others), block_matrix.shape[1])
+    blocks = np.tile(np.arange(block_matrix.shape[1]), len(others))
+    positive = scores > 0
+    scores, offsets, blocks = scores[positive], offsets[positive], blocks[positive]
+    chosen = top_blocks(scores, offsets, min(budget, len(scores)))
+    keep = (len(chosen) // blocks_per_canvas) * blocks_per_canvas
+    chosen = chosen[:keep]
+    selected = sorted(zip(offsets[chosen].tolist(), blocks[chosen].tolist()))
+    return anchor, selected
+
+
+def pack_group(
+    frames: np.ndarray,
+    frame_ids: list[int],
+    anchor: int,
+    selected: list[tuple[int, int]],
+    blocks_hw: tuple[int, int],
+    patch: int,
+    merge: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Canvases (anchor first) and their block-layout positions for one group."""
+    rows, cols = blocks_hw
+    per_canvas = rows * cols
+    block_px = patch * merge
+    sources = [(anchor, index) for index in range(per_canvas)] + selected
+    canvases = np.empty((len(sources) // per_canvas, rows * block_px, cols * block_px, 3), dtype=np.uint8)
+    positions = np.empty((len(sources) * merge * merge, 3), dtype=np.int64)
+    within = np.stack(np.meshgrid(np.arange(merge), np.arange(merge), indexing="ij"), axis=-1).reshape(-1, 2)
+    for slot, (offset, block) in enumerate(sources):
+        canvas, slot_in_canvas = divmod(slot, per_canvas)
+        block_row, block_col = divmod(block, cols)
+        slot_row, slot_col = divmod(slot_in_canvas, cols)
+        canvases[
+            canvas, slot_row * block_px : (slot_row + 1) * block_px, slot_col * block_px : (slot_col + 1) * block_px
+        ] = frames[
+            offset,
+            block_row * block_px : (block_row + 1) * block_px,
+            block_col * block_px : (block_col + 1) * block_px,
+        ]
+        rows_of_patches = slot * merge * merge
+        positions[rows_of_patches : rows_of_patches + merge * merge, 0] = frame_ids[offset]
+        positions[rows_of_patches : rows_of_patches + merge * merge, 1] = block_row * merge + within[:, 0]
+        positions[rows_of_patches : rows_of_patches + merge * merge, 2] = block_col * merge + within[:, 1]
+    return canvases, positions
+
+
+# -- decode pass ----------------------------------------------------------------------------------------------------
+
+
+def upright(array: np.ndarray, rotation: int) -> np.ndarray:
+    turns = (int(round(rotation / 90)) % 4) if rotation else 0
+    return np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array
+
+
+def decode_candidates(container, index, candidate_ids: list[int], config: CodecSamplingConfig, name: str, progress):
+    """One pass: canvas-size RGB of each candidate and its cell score map (needs the frame before it)."""
+    wanted = sorted(set(candidate_ids) | {c - 1 for c in candidate_ids if c > 0})
+    candidate_set = set(candidate_ids)
+    reformatter = av.video.reformatter.VideoReformatter()
+    stats = DecodeStats()
+    frames, cell_maps, geometry = {}, {}, None
+    previous_position, previous_luma = None, None
+    for position, frame in iter_frames(container, index, wanted, name, stats):
+        if geometry is None:
+            rotation = frame.rotation or 0
+            display_h, display_w = (frame.width, frame.height) if rotation % 180 else (frame.height, frame.width)
+            canvas_hw = canvas_size(display_h, display_w, config.patch * config.merge, config.max_pixels)
+            coded_canvas = canvas_hw if not rotation % 180 else canvas_hw[::-1]
+            half = (max(4, frame.width // 2), max(4, frame.height // 2))
+            geometry = (rotation, canvas_hw, coded_canvas, half)
+        rotation, canvas_hw, coded_canvas, half = geometry
+        luma = reformatter.reformat(frame, width=half[0], height=half[1], format="gray", interpolation="AREA")
+        luma = upright(luma.to_ndarray().astype(np.float32), rotation)
+        if position in candidate_set and position not in frames:
+            rgb = reformatter.reformat(
+                frame, width=coded_canvas[1], height=coded_canvas[0], format="rgb24", interpolation="AREA"
+            )
+            frames[position] = upright(rgb.to_ndarray(), rotation)
+            if previous_position == position - 1 and previous_luma is not None and previous_luma.shape == luma.shape:
+                cell_maps[position] = motion_tolerant_difference(luma, previous_luma, config.shift_radius)
+            else:
+                cell_maps[position] = spatial_activity(luma)
+        previous_position, previous_luma = position, luma
+        if progress is not None:
+            progress.update(1)
+    return frames, cell_maps, geometry[1] if geometry else None, stats
+
+
+# -- entry point ----------------------------------------------------------------------------------------------------
+
+
+def file_identity(source) -> str | None:
+    """SHA-256 of a file's bytes (or of in-memory bytes); None for streams that cannot be re-read."""
+    digest = hashlib.sha256()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        digest.update(bytes(source))
+        return digest.hexdigest()
+    if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+        with open(source, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+    return None
+
+
+def cache_path(source, config: CodecSamplingConfig) -> str | None:
+    if not config.cache_dir:
+        return None
+    identity = file_identity(source)
+    if identity is None:
+        return None
+    key = hashlib.sha256(
+        json.dumps(
+            {"file": identity, "settings": config.settings(), "version": CACHE_FORMAT_VERSION}, sort_keys=True
+        ).encode()
+    ).hexdigest()[:32]
+    return os.path.join(config.cache_dir, f"codec-{key}.npz")
+
+
+def load_cached(path: str) -> CodecSample | None:
+    if not os.path.exists(path):
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        return CodecSample(
+            canvases=data["canvases"],
+            positions=data["positions"],
+            fps=meta["fps"],
+            candidate_ids=meta["candidate_ids"],
+            candidate_times=meta["candidate_times"],
+            groups=meta["groups"],
+            report={**meta["report"], "cache": "hit"},
+        )
+
+
+def store_cached(path: str, sample: CodecSample) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    meta = {
+        "fps": sample.fps,
+        "candidate_ids": sample.candidate_ids,
+        "candidate_times": sample.candidate_times,
+        "groups": sample.groups,
+        "report": sample.report,
+    }
+    temporary = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez_compressed(temporary, canvases=sample.canvases, positions=sample.positions, meta=json.dumps(meta))
+    os.replace(temporary, path)
+
+
+def sample_codec_video(
+    source, config: CodecSamplingConfig | None = None, keep_candidates: bool = False
+) -> CodecSample:
+    """Run the codec-aligned selection on one video (a path, bytes or a binary file object)."""
+    config = config or CodecSamplingConfig()
+    path = None if keep_candidates else cache_path(source, config)
+    if path is not None and (cached := load_cached(path)) is not None:
+        return cached
+    name = describe_source(source)
+    container = open_video(source)
+    try:
+        index = index_video_stream(container, name)
+        check_complete(index, name, config.allow_truncated)
+        candidate_ids = uniform_candidate_ids(index.num_frames, config.num_candidates)
+        warnings = []
+        if config.avoid_keyframes:
+            if index.keyframe.all():
+                warnings.append("all frames are keyframes (intra-only stream); candidates kept where they were")
+            else:
+                candidate_ids = move_off_keyframes(candidate_ids, index.keyframe)
+        progress = None
+        show = config.progress if config.progress is not None else index.duration > 300
+        if show:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(candidate_ids), desc=f"codec sampling {name}", unit="frame", leave=False)
+        try:
+            frames, cell_maps, canvas_hw, stats = decode_candidates(
+                container, index, candidate_ids, config, name, progress
+            )
+        finally:
+            if progress is not None:
+                progress.close()
+    finally:
+        container.close()
+    sample = select_and_pack(frames, cell_maps, canvas_hw, index, config, warnings, stats, name, keep_candidates)
+    if path is not None:
+        store_cached(path, sample)
+    return sample
+
+
+def select_and_pack(
+    frames, cell_maps, canvas_hw, index, config, warnings, stats, name, keep_candidates
+) -> CodecSample:
+    candidate_ids = sorted(frames)
+    frame_stack = np.stack([frames[i] for i in candidate_ids])
+    block_px = config.patch * config.merge
+    blocks_hw = (canvas_hw[0] // block_px, canvas_hw[1] // block_px)
+    blocks_per_canvas = blocks_hw[0] * blocks_hw[1]
+    bits = index.packet_bytes.astype(np.float64) * 8
+    if not bits.any():
+        warnings.append("the stream reports no packet sizes; score maps are not scaled to frame bits")
+    block_matrix = np.stack(
+        [
+            block_scores(score_map(cell_maps[i], bits[i], canvas_hw, config.score_percentile), block_px)
+            for i in candidate_ids
+        ]
+    )
+    bad = np.array([is_bad_frame(frame) for frame in frame_stack])
+    budget = (config.images_per_group - 1) * blocks_per_canvas
+    canvases, positions, groups, selections = [], [], [], []
+    for start, end, reason in readiness_groups(block_matrix, config, budget):
+        anchor, selected = select_group(block_matrix, bad, start, end, budget, blocks_per_canvas)
+        if anchor is None:
+            warnings.append(f"group of frames {candidate_ids[start]}..{candidate_ids[end - 1]} has no usable frame")
+            continue
+        group_canvases, group_positions = pack_group(
+            frame_stack, candidate_ids, anchor, selected, blocks_hw, config.patch, config.merge
+        )
+        canvases.append(group_canvases)
+        positions.append(group_positions)
+        selections.append([(candidate_ids[o], *divmod(b, blocks_hw[1])) for o, b in selected])
+        groups.append(
+            {
+                "first_frame": candidate_ids[start],
+                "last_frame": candidate_ids[end - 1],
+                "anchor_frame": candidate_ids[anchor],
+                "canvases": len(group_canvases),
+                "selected_blocks": len(selected),
+                "stop_reason": reason,
+            }
+        )
+    if not canvases:
+        raise ValueError(
+            f"Video {name}: no usable frames for codec sampling (all candidate frames are black or flat)."
+        )
+    report = {
+        "source": name,
+        "score_source": config.score_source,
+        "codec": index.codec,
+        "frames_decoded": stats.frames_decoded,
+        "seeks": stats.seeks,
+        "total_frames": index.num_frames,
+        "duration": index.duration,
+        "patch": config.patch,
+        "merge": config.merge,
+        "warnings": warnings,
+        "cache": "miss" if config.cache_dir else "off",
+    }
+    return CodecSample(
+        canvases=np.concatenate(canvases),
+        positions=np.concatenate(positions),
+        fps=index.fps,
+        candidate_ids=candidate_ids,
+        candidate_times=[round(float(index.timestamps[i]), 6) for i in candidate_ids],
+        groups=groups,
+        report=report,
+        candidate_frames=frame_stack if keep_candidates else None,
+        selected=selections if keep_candidates else None,
+    )
+
+
+__all__ = [
+    "CodecSample",
+    "CodecSamplingConfig",
+    "canvas_size",
+    "move_off_keyframes",
+    "readiness_groups",
+    "sample_codec_video",
+    "uniform_candidate_ids",
+]

@@ -1,0 +1,227 @@
+"""Codec-aligned sampling on videos encoded here, where the moving object's location is known."""
+
+import av
+import numpy as np
+import pytest
+import torch
+from synthetic_media import encode_moving_box
+
+from conftest import tiny_config, tiny_tokenizer
+from llava_onevision2.modeling import LlavaOnevision2ForConditionalGeneration
+from llava_onevision2.processing.codec_sampling_llava_onevision2 import (
+    CodecSamplingConfig,
+    canvas_size,
+    move_off_keyframes,
+    readiness_groups,
+    sample_codec_video,
+    uniform_candidate_ids,
+)
+from llava_onevision2.processing.codec_visualization_llava_onevision2 import selection_mask, visualize_codec_selection
+from llava_onevision2.processing.image_processing_llava_onevision2 import LlavaOnevision2ImageProcessor
+from llava_onevision2.processing.processing_llava_onevision2 import LlavaOnevision2Processor
+from llava_onevision2.processing.video_processing_llava_onevision2 import LlavaOnevision2VideoProcessor
+from llava_onevision2.processing.vision_layout_llava_onevision2 import merged_token_count
+
+SMALL = CodecSamplingConfig(
+    target_canvas=8, group_size=16, max_pixels=320 * 192, min_group_frames=8, max_group_frames=16
+)
+
+
+@pytest.fixture(scope="module")
+def moving():
+    return encode_moving_box()
+
+
+def box_mask(corners, frame_ids, canvas_hw, source_hw=(192, 320), box=32):
+    scale_y, scale_x = canvas_hw[0] / source_hw[0], canvas_hw[1] / source_hw[1]
+    mask = np.zeros((len(frame_ids), *canvas_hw), dtype=bool)
+    for i, t in enumerate(frame_ids):
+        x, y = corners[t]
+        mask[i, int(y * scale_y) : int((y + box) * scale_y) + 1, int(x * scale_x) : int((x + box) * scale_x) + 1] = (
+            True
+        )
+    return mask
+
+
+def test_selected_blocks_cover_the_moving_object(moving):
+    data, corners = moving
+    sample = sample_codec_video(data, SMALL, keep_candidates=True)
+    chosen = selection_mask(sample, SMALL)
+    anchors = {sample.candidate_ids.index(g["anchor_frame"]) for g in sample.groups}
+    collage_frames = [i for i in range(len(sample.candidate_ids)) if i not in anchors]
+    boxes = box_mask(corners, sample.candidate_ids, sample.candidate_frames.shape[1:3])
+    # Near the box: within one block of it (uncovered background behind a moving object changes too).
+    near = torch.nn.functional.max_pool2d(torch.from_numpy(boxes).float()[:, None], 57, stride=1, padding=28)[
+        :, 0
+    ].bool()
+    near = near.numpy()
+    picked = chosen[collage_frames]
+    precision = (picked & near[collage_frames]).sum() / picked.sum()
+    chance = near[collage_frames].mean()
+    assert precision > 0.9 and chance < 0.3, (precision, chance)
+    # Every collage frame with blocks contributes blocks that touch its own box position.
+    assert len(collage_frames) > 3 * len(anchors)
+
+
+def test_static_video_degrades_to_anchor_canvases():
+    data, _ = encode_moving_box(num_frames=120, moving=False)
+    sample = sample_codec_video(data, SMALL)
+    assert len(sample.groups) >= 1
+    assert all(group["canvases"] >= 1 for group in sample.groups)
+    assert len(sample.canvases) < SMALL.target_canvas  # static stretches spend no collage tokens
+    assert (sample.positions[:, 0] >= 0).all()  # never a zero-filled (padding) patch
+
+
+def test_positions_grids_and_runs_agree(moving):
+    data, _ = moving
+    sample = sample_codec_video(data, SMALL)
+    grid_h, grid_w = sample.grid
+    assert sample.positions.shape == (len(sample.canvases) * grid_h * grid_w, 3)
+    blocks = sample.positions.reshape(-1, 4, 3)
+    assert (blocks[:, :, 0] == blocks[:, :1, 0]).all()  # one merge block = one source frame
+    assert (blocks[:, :, 1].reshape(-1, 2, 2)[:, 1] == blocks[:, :, 1].reshape(-1, 2, 2)[:, 0] + 1).all()
+    assert sum(tokens for _, tokens in sample.timestamp_runs(2)) == len(blocks)
+    # Canvas 0 of a group is its anchor frame, all of it.
+    first = sample.positions[: grid_h * grid_w]
+    assert (first[:, 0] == sample.groups[0]["anchor_frame"]).all()
+    assert sorted(map(tuple, first[:, 1:].tolist())) == [(h, w) for h in range(grid_h) for w in range(grid_w)]
+
+
+def test_deterministic_and_cached(moving, tmp_path):
+    data, _ = moving
+    first = sample_codec_video(data, SMALL)
+    second = sample_codec_video(data, SMALL)
+    assert np.array_equal(first.canvases, second.canvases) and np.array_equal(first.positions, second.positions)
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(data)
+    cached = CodecSamplingConfig(**{**SMALL.settings(), "cache_dir": str(tmp_path / "cache")})
+    miss = sample_codec_video(str(path), cached)
+    hit = sample_codec_video(str(path), cached)
+    assert (miss.report["cache"], hit.report["cache"]) == ("miss", "hit")
+    assert np.array_equal(miss.canvases, hit.canvases) and np.array_equal(miss.positions, hit.positions)
+    assert hit.timestamp_runs(2) == miss.timestamp_runs(2)
+    other = CodecSamplingConfig(**{**SMALL.settings(), "cache_dir": str(tmp_path / "cache"), "images_per_group": 2})
+    assert sample_codec_video(str(path), other).report["cache"] == "miss"
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+ENCODERS = [("libx264", "mp4"), ("libx265", "mp4"), ("mpeg4", "mp4"), ("libvpx-vp9", "webm"), ("libsvtav1", "mp4")]
+
+
+@pytest.mark.parametrize(("codec", "container_format"), ENCODERS)
+def test_every_encodable_codec(codec, container_format):
+    if codec not in av.codecs_available:
+        pytest.skip(f"{codec} not in this PyAV build")
+    data, _ = encode_moving_box(num_frames=48, codec=codec, container_format=container_format, width=192, height=128)
+    config = CodecSamplingConfig(target_canvas=4, group_size=24, max_pixels=192 * 128, min_group_frames=8)
+    sample = sample_codec_video(data, config)
+    assert len(sample.canvases) >= 1 and sample.report["frames_decoded"] > 0
+    assert sample.positions[:, 0].max() <= 47
+
+
+def test_short_and_intra_only_videos():
+    short, _ = encode_moving_box(num_frames=6)
+    sample = sample_codec_video(short, SMALL)
+    assert [g["stop_reason"] for g in sample.groups] == ["short_video"] and len(sample.canvases) >= 1
+    intra, _ = encode_moving_box(num_frames=60, gop=1)
+    sample = sample_codec_video(intra, SMALL)
+    assert any("intra-only" in warning for warning in sample.report["warnings"])
+    assert len(sample.canvases) > len(sample.groups)  # motion still found without inter frames
+
+
+def test_geometry_and_candidate_rules():
+    assert canvas_size(720, 1280, 28, 150_000) == (280, 504)
+    assert canvas_size(1080, 1920, 28, 150_000) == (280, 504)
+    assert canvas_size(448, 448, 28, 200_704) == (448, 448)
+    assert uniform_candidate_ids(1800, 256)[:4] == [0, 7, 14, 21] and uniform_candidate_ids(1800, 256)[-1] == 1799
+    keyframe = np.zeros(100, dtype=bool)
+    keyframe[[0, 30, 60, 90]] = True
+    moved = move_off_keyframes([0, 30, 31, 60, 99], keyframe)
+    # 0->1, 30->31 (a duplicate), 60->61; the refill takes the unused non-keyframe nearest a kept id, nearest the middle
+    assert moved == [1, 31, 61, 62, 99]
+    assert not keyframe[moved].any() and len(moved) == 5
+
+
+def test_readiness_groups_respect_bounds():
+    rng = np.random.default_rng(0)
+    blocks = rng.random((100, 20))
+    blocks[40:60] *= 10  # a busy stretch makes shorter groups
+    config = CodecSamplingConfig(target_canvas=8, group_size=16, min_group_frames=6, max_group_frames=24)
+    groups = readiness_groups(blocks, config, budget=30)
+    assert groups[0][0] == 0
+    for (start, end, _), following in zip(groups, groups[1:] + [None]):
+        assert 6 <= end - start <= 24
+        if following:
+            assert following[0] == end
+    assert 100 - groups[-1][1] < max(4, config.min_group_frames)
+
+
+def test_visualization_png(moving, tmp_path):
+    data, _ = moving
+    path = tmp_path / "selection.png"
+    sample = visualize_codec_selection(data, str(path), SMALL)
+    from PIL import Image
+
+    picture = np.asarray(Image.open(path))
+    assert picture.shape[0] > 50 and picture.shape[1] > 200
+    red = (picture[..., 0] > 200) & (picture[..., 1] < 80) & (picture[..., 2] < 80)
+    green = (picture[..., 1] > 180) & (picture[..., 0] < 80)
+    assert red.any() and green.any()
+    assert sample.selected and len(sample.selected) == len(sample.groups)
+
+
+def codec_processor():
+    return LlavaOnevision2Processor(
+        image_processor=LlavaOnevision2ImageProcessor(patch_size=4, min_pixels=64, max_pixels=64 * 12),
+        tokenizer=tiny_tokenizer(),
+        video_processor=LlavaOnevision2VideoProcessor(
+            patch_size=4,
+            video_backend="codec",
+            codec_config={"target_canvas": 4, "group_size": 16, "max_pixels": 96 * 64, "min_group_frames": 8},
+        ),
+    )
+
+
+def test_processor_codec_mode_outputs_the_released_contract(moving):
+    data, _ = encode_moving_box(num_frames=64, width=96, height=64, box=16, speed=1)
+    processor = codec_processor()
+    out = processor(text="Watch <|video_pad|> now", videos=[data], return_tensors="pt")
+    assert "pixel_values_videos" not in out
+    grid = out["image_grid_thw"]
+    assert grid.shape == (1, 3) and grid[0, 0] >= 2  # all canvases of the video merged into one row
+    assert out["pixel_values"].shape[0] == out["patch_positions"].shape[0] == int(grid.prod())
+    assert (out["input_ids"] == processor.image_token_id).sum() == merged_token_count(grid[0], 2)
+    text = processor.decode(out["input_ids"][0])
+    assert text.startswith("Watch <0.0 seconds><|vision_start|>") and text.endswith("<|vision_end|>\n now")
+    seconds = [float(s.split(" ")[0]) for s in text.split("<")[1:] if s.endswith("seconds>") or " seconds>" in s]
+    assert len(seconds) >= 2
+    model = LlavaOnevision2ForConditionalGeneration._from_config(
+        tiny_config(
+            text={"vocab_size": len(processor.tokenizer)},
+            image_token_id=processor.image_token_id,
+            video_token_id=processor.video_token_id,
+        )
+    ).eval()
+    with torch.no_grad():
+        logits = model(**out).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_codec_videos_and_images_keep_prompt_order():
+    data, _ = encode_moving_box(num_frames=48, width=96, height=64, box=16, speed=1)
+    processor = codec_processor()
+    from synthetic_media import solid_image
+
+    image = solid_image(40, 24)
+    image_first = processor(text="<|image_pad|><|video_pad|>", images=[image], videos=[data], return_tensors="pt")
+    video_first = processor(text="<|video_pad|><|image_pad|>", images=[image], videos=[data], return_tensors="pt")
+    image_rows = int(image_first["image_grid_thw"][0].prod())
+    assert torch.equal(image_first["image_grid_thw"], video_first["image_grid_thw"].flip(0))
+    assert torch.equal(image_first["pixel_values"][:image_rows], video_first["pixel_values"][-image_rows:])
+    assert torch.equal(image_first["patch_positions"][image_rows:], video_first["patch_positions"][:-image_rows])
+
+
+def test_codec_mode_rejects_decoded_frames():
+    processor = LlavaOnevision2VideoProcessor(video_backend="codec")
+    with pytest.raises(ValueError, match="codec sampling reads the compressed stream"):
+        processor(np.zeros((4, 64, 96, 3), dtype=np.uint8))
