@@ -119,8 +119,18 @@ def main(argv=None) -> int:
 
     results = {}
     for method in ("sampled", "decode_all"):
-        command = [sys.executable, __file__, "--child", method, "--path", path, "--fps", str(args.fps),
-                   "--max-frames", str(args.max_frames)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            method,
+            "--path",
+            path,
+            "--fps",
+            str(args.fps),
+            "--max-frames",
+            str(args.max_frames),
+        ]
         completed = subprocess.run(command, capture_output=True, text=True, check=True)
         results[method] = json.loads(completed.stdout.strip().splitlines()[-1])
     results["sampled"]["frames_decoded"] = frames_decoded_by_sampled_reader(path, args.fps, args.max_frames)

@@ -4,8 +4,9 @@ The released LLaVA-OneVision-2 codec path keeps one frame per group dense and fi
 the merge blocks that cost the encoder the most bits, so the same token budget spans about three times the time of
 uniform sampling. This module reproduces that flow without a patched FFmpeg, for every codec PyAV decodes:
 
-1. candidates: `(target_canvas / images_per_group) * group_size` frames uniform over the video (index truncation),
-   optionally moved off keyframes (+-1..4 frames, then refilled with the nearest unused non-keyframes);
+1. candidates: `(target_canvas / images_per_group) * group_size` frames at evenly spaced presentation times (for
+   constant frame rate exactly the release's index truncation), optionally moved off keyframes (+-1..4 frames,
+   then refilled with the nearest unused non-keyframes);
 2. geometry: one canvas size for all frames, sides multiples of patch x merge, area about `max_pixels`;
 3. score maps (`score_source="framediff"`): per 4x4-pixel cell, the smallest absolute luma difference to the
    immediately preceding decoded frame over +-`shift_radius` half-resolution pixels of displacement (motion-tolerant
@@ -17,10 +18,11 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    fixed-window sum with the selected blocks spread over `coverage_bins` thirds, and stops once an extra frame adds
    less than `delta_ratio`;
 5. selection: the group's first good frame is the anchor canvas; the other `images_per_group - 1` canvases take the
-   group's top-B blocks of the remaining frames (ties broken by frame, then block index; zero-score blocks never);
+   group's top-B blocks of the remaining frames (ties broken by frame, then block index), but only as many canvases
+   as the blocks that scored at all need -- a still stretch spends no collage tokens;
 6. packing: anchor blocks then selected blocks (in frame, row, column order) fill canvases block by block, so every
    merge window of a canvas is one whole source block; positions are (source frame index, patch row, patch column)
-   in block layout. A group whose blocks do not fill whole canvases keeps fewer canvases; nothing is zero-filled.
+   in block layout. Canvases are always whole; nothing is zero-filled.
 
 Decoding is one pass over the needed frames (candidates and their predecessors), seeking by GOP when that skips
 work; only candidate frames are converted to RGB, at canvas size. Results can be cached on disk under a key made of
@@ -48,8 +50,14 @@ from .video_decoding_llava_onevision2 import (
 )
 
 CACHE_FORMAT_VERSION = 1
-SCORE_SOURCES = ("framediff",)
+SCORE_SOURCES = ("framediff", "bitcost")
+BITCOST_GRIDS = ("adaptive", "mb", "sub", "ctu")
 MIN_CANVAS_PIXELS = 56 * 56
+
+try:  # optional: the released per-macroblock bit-cost reader (`pip install --no-deps codec-video-prep`)
+    from codec_video_prep.cv_reader_fast import read_video_fast_selected
+except ImportError:
+    read_video_fast_selected = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,8 @@ class CodecSamplingConfig:
     max_group_frames: int = 64
     avoid_keyframes: bool = True
     # ours
-    score_source: str = "framediff"
+    score_source: str = "framediff"  # or "bitcost": the released signal, when codec-video-prep is installed
+    bitcost_grid: str = "adaptive"  # bitcost only: ctu for hevc/vp9, macroblocks otherwise (the release default)
     coverage_bins: int = 3
     delta_ratio: float = 0.05
     score_percentile: float = 99.0
@@ -88,6 +97,13 @@ class CodecSamplingConfig:
             )
         if self.score_source not in SCORE_SOURCES:
             raise ValueError(f"score_source must be one of {SCORE_SOURCES}, got {self.score_source!r}.")
+        if self.bitcost_grid not in BITCOST_GRIDS:
+            raise ValueError(f"bitcost_grid must be one of {BITCOST_GRIDS}, got {self.bitcost_grid!r}.")
+        if self.score_source == "bitcost" and read_video_fast_selected is None:
+            raise ValueError(
+                "score_source='bitcost' needs the codec-video-prep package (pip install --no-deps codec-video-prep; "
+                "its reader also runs on numpy 2). The default score_source='framediff' needs nothing extra."
+            )
 
     @property
     def num_candidates(self) -> int:
@@ -144,10 +160,14 @@ class CodecSample:
 # -- 1. candidates --------------------------------------------------------------------------------------------------
 
 
-def uniform_candidate_ids(total_frames: int, count: int) -> list[int]:
-    """`count` ids spread over the video, by truncation of evenly spaced positions (as the release does)."""
-    count = min(count, total_frames)
-    return sorted(set(np.linspace(0, total_frames - 1, count).astype(np.int64).tolist()))
+def uniform_candidate_ids(timestamps: np.ndarray, count: int) -> list[int]:
+    """Frames at `count` evenly spaced times from the first to the last frame, each the last frame shown at or
+    before its time. For constant frame rate this is the release's `floor(linspace(0, n - 1, count))`; for variable
+    frame rate it follows presentation time, and times falling in one gap collapse to one frame."""
+    count = min(count, len(timestamps))
+    targets = np.linspace(timestamps[0], timestamps[-1], count)
+    ids = np.searchsorted(timestamps, targets + 1e-6, side="right") - 1
+    return sorted(set(np.clip(ids, 0, len(timestamps) - 1).tolist()))
 
 
 def move_off_keyframes(ids: list[int], keyframe: np.ndarray) -> list[int]:
@@ -209,15 +229,27 @@ def cell_sums(values: np.ndarray, cell: int) -> np.ndarray:
     return values[:height, :width].reshape(height // cell, cell, width // cell, cell).sum(axis=(1, 3))
 
 
+def pair_cell_sums(values: np.ndarray) -> np.ndarray:
+    """Sums over 2x2 cells by four strided adds (much faster than a reshape-sum on small cells)."""
+    height, width = (values.shape[0] // 2) * 2, (values.shape[1] // 2) * 2
+    cells = values[0:height:2, 0:width:2] + values[1:height:2, 0:width:2]
+    cells += values[0:height:2, 1:width:2]
+    cells += values[1:height:2, 1:width:2]
+    return cells
+
+
 def motion_tolerant_difference(current: np.ndarray, previous: np.ndarray, radius: int) -> np.ndarray:
     """Per 2x2-pixel cell, the smallest sum of |current - shifted previous| over shifts within +-radius."""
     padded = np.pad(previous, radius, mode="edge")
     height, width = current.shape
+    difference = np.empty_like(current)
     best = None
     for dy in range(2 * radius + 1):
         for dx in range(2 * radius + 1):
-            difference = cell_sums(np.abs(current - padded[dy : dy + height, dx : dx + width]), 2)
-            best = difference if best is None else np.minimum(best, difference)
+            np.subtract(current, padded[dy : dy + height, dx : dx + width], out=difference)
+            np.abs(difference, out=difference)
+            cells = pair_cell_sums(difference)
+            best = cells if best is None else np.minimum(best, cells, out=best)
     return best
 
 
@@ -336,7 +368,7 @@ def readiness_groups(block_matrix: np.ndarray, config: CodecSamplingConfig, budg
 def select_group(
     block_matrix: np.ndarray, bad: np.ndarray, start: int, end: int, budget: int, blocks_per_canvas: int
 ) -> tuple[int | None, list[tuple[int, int]]]:
-    """Anchor offset and selected (frame offset, block index) pairs of one group, trimmed to whole canvases."""
+    """Anchor offset and selected (frame offset, block index) pairs of one group, in whole canvases."""
     frames = [offset for offset in range(start, end) if not bad[offset]]
     if not frames:
         return None, []
@@ -346,11 +378,12 @@ def select_group(
     scores = block_matrix[others].reshape(-1)
     offsets = np.repeat(np.asarray(others), block_matrix.shape[1])
     blocks = np.tile(np.arange(block_matrix.shape[1]), len(others))
-    positive = scores > 0
-    scores, offsets, blocks = scores[positive], offsets[positive], blocks[positive]
-    chosen = top_blocks(scores, offsets, min(budget, len(scores)))
-    keep = (len(chosen) // blocks_per_canvas) * blocks_per_canvas
-    chosen = chosen[:keep]
+    # Enough canvases for every block that scored, up to the budget; the last canvas is completed with the next
+    # blocks in (score, frame, block) order so that no canvas is partly empty.
+    scored = int((scores > 0).sum())
+    wanted = min(budget, math.ceil(scored / blocks_per_canvas) * blocks_per_canvas, len(scores))
+    wanted = (wanted // blocks_per_canvas) * blocks_per_canvas
+    chosen = top_blocks(scores, offsets, wanted)
     selected = sorted(zip(offsets[chosen].tolist(), blocks[chosen].tolist()))
     return anchor, selected
 
@@ -400,7 +433,8 @@ def upright(array: np.ndarray, rotation: int) -> np.ndarray:
 
 def decode_candidates(container, index, candidate_ids: list[int], config: CodecSamplingConfig, name: str, progress):
     """One pass: canvas-size RGB of each candidate and its cell score map (needs the frame before it)."""
-    wanted = sorted(set(candidate_ids) | {c - 1 for c in candidate_ids if c > 0})
+    predecessors = {c - 1 for c in candidate_ids if c > 0} if config.score_source == "framediff" else set()
+    wanted = sorted(set(candidate_ids) | predecessors)
     candidate_set = set(candidate_ids)
     reformatter = av.video.reformatter.VideoReformatter()
     stats = DecodeStats()
@@ -415,14 +449,18 @@ def decode_candidates(container, index, candidate_ids: list[int], config: CodecS
             half = (max(4, frame.width // 2), max(4, frame.height // 2))
             geometry = (rotation, canvas_hw, coded_canvas, half)
         rotation, canvas_hw, coded_canvas, half = geometry
-        luma = reformatter.reformat(frame, width=half[0], height=half[1], format="gray", interpolation="AREA")
-        luma = upright(luma.to_ndarray().astype(np.float32), rotation)
+        luma = None
+        if config.score_source == "framediff":
+            luma = reformatter.reformat(frame, width=half[0], height=half[1], format="gray", interpolation="AREA")
+            luma = upright(luma.to_ndarray().astype(np.float32), rotation)
         if position in candidate_set and position not in frames:
             rgb = reformatter.reformat(
                 frame, width=coded_canvas[1], height=coded_canvas[0], format="rgb24", interpolation="AREA"
             )
             frames[position] = upright(rgb.to_ndarray(), rotation)
-            if previous_position == position - 1 and previous_luma is not None and previous_luma.shape == luma.shape:
+            if luma is None:
+                pass
+            elif previous_position == position - 1 and previous_luma is not None and previous_luma.shape == luma.shape:
                 cell_maps[position] = motion_tolerant_difference(luma, previous_luma, config.shift_radius)
             else:
                 cell_maps[position] = spatial_activity(luma)
@@ -430,6 +468,25 @@ def decode_candidates(container, index, candidate_ids: list[int], config: CodecS
         if progress is not None:
             progress.update(1)
     return frames, cell_maps, geometry[1] if geometry else None, stats
+
+
+def bitcost_cell_maps(source, candidate_ids: list[int], codec: str, grid: str, name: str) -> dict[int, np.ndarray]:
+    """Per-block bit counts of each candidate from the released patched decoder (codec-video-prep)."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"{name}: score_source='bitcost' reads a file path (the patched decoder opens it itself).")
+    if grid == "adaptive":
+        grid = "ctu" if codec in ("hevc", "vp9") else "mb"
+    key = {"mb": "mb_bit_cost", "sub": "sub_mb_bit_cost", "ctu": "ctu_bit_cost"}[grid]
+    try:
+        items = read_video_fast_selected(os.fspath(source), list(candidate_ids), export_bitcost=1, thread_type="slice")
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ValueError(f"Bit-cost reading failed for {name}: {error}") from error
+    maps = {}
+    for item in items:
+        bitcost = item.get("bitcost") or {}
+        if key in bitcost:
+            maps[int(item["frame_idx"])] = np.asarray(bitcost[key], dtype=np.float64)
+    return maps
 
 
 # -- entry point ----------------------------------------------------------------------------------------------------
@@ -506,7 +563,7 @@ def sample_codec_video(
     try:
         index = index_video_stream(container, name)
         check_complete(index, name, config.allow_truncated)
-        candidate_ids = uniform_candidate_ids(index.num_frames, config.num_candidates)
+        candidate_ids = uniform_candidate_ids(index.timestamps, config.num_candidates)
         warnings = []
         if config.avoid_keyframes:
             if index.keyframe.all():
@@ -528,6 +585,12 @@ def sample_codec_video(
                 progress.close()
     finally:
         container.close()
+    if config.score_source == "bitcost":
+        cell_maps = bitcost_cell_maps(source, sorted(frames), index.codec, config.bitcost_grid, name)
+        missing = [frame_id for frame_id in frames if frame_id not in cell_maps]
+        if missing:
+            # Never borrow another frame's scores: these frames can anchor a group but offer no collage blocks.
+            warnings.append(f"no bit-cost for {len(missing)} candidate frames; they contribute no collage blocks")
     sample = select_and_pack(frames, cell_maps, canvas_hw, index, config, warnings, stats, name, keep_candidates)
     if path is not None:
         store_cached(path, sample)
@@ -545,9 +608,13 @@ def select_and_pack(
     bits = index.packet_bytes.astype(np.float64) * 8
     if not bits.any():
         warnings.append("the stream reports no packet sizes; score maps are not scaled to frame bits")
+    # Proxy maps are scaled to the frame's packet bits; bit-cost maps already are bits.
+    scale_bits = bits if config.score_source == "framediff" else np.zeros_like(bits)
     block_matrix = np.stack(
         [
-            block_scores(score_map(cell_maps[i], bits[i], canvas_hw, config.score_percentile), block_px)
+            block_scores(score_map(cell_maps[i], scale_bits[i], canvas_hw, config.score_percentile), block_px)
+            if i in cell_maps
+            else np.zeros(blocks_per_canvas)
             for i in candidate_ids
         ]
     )

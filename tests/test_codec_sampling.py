@@ -58,7 +58,8 @@ def test_selected_blocks_cover_the_moving_object(moving):
     picked = chosen[collage_frames]
     precision = (picked & near[collage_frames]).sum() / picked.sum()
     chance = near[collage_frames].mean()
-    assert precision > 0.9 and chance < 0.3, (precision, chance)
+    # (The last collage canvas of a group is completed with unscored blocks, which caps precision below 1.)
+    assert precision > max(0.5, 3 * chance) and chance < 0.2, (precision, chance)
     # Every collage frame with blocks contributes blocks that touch its own box position.
     assert len(collage_frames) > 3 * len(anchors)
 
@@ -133,7 +134,10 @@ def test_geometry_and_candidate_rules():
     assert canvas_size(720, 1280, 28, 150_000) == (280, 504)
     assert canvas_size(1080, 1920, 28, 150_000) == (280, 504)
     assert canvas_size(448, 448, 28, 200_704) == (448, 448)
-    assert uniform_candidate_ids(1800, 256)[:4] == [0, 7, 14, 21] and uniform_candidate_ids(1800, 256)[-1] == 1799
+    constant = np.arange(1800) / 30
+    assert uniform_candidate_ids(constant, 256) == np.linspace(0, 1799, 256).astype(int).tolist()
+    variable = np.array([0.0, 0.1, 0.15, 0.4, 1.0, 1.05, 1.1, 2.0, 2.5, 3.0])
+    assert uniform_candidate_ids(variable, 4) == [0, 4, 7, 9]  # times 0, 1, 2, 3 s
     keyframe = np.zeros(100, dtype=bool)
     keyframe[[0, 30, 60, 90]] = True
     moved = move_off_keyframes([0, 30, 31, 60, 99], keyframe)
@@ -225,3 +229,57 @@ def test_codec_mode_rejects_decoded_frames():
     processor = LlavaOnevision2VideoProcessor(video_backend="codec")
     with pytest.raises(ValueError, match="codec sampling reads the compressed stream"):
         processor(np.zeros((4, 64, 96, 3), dtype=np.uint8))
+
+
+def test_codec_bad_inputs_name_the_file(tmp_path):
+    from synthetic_media import encode_audio_only
+
+    processor = LlavaOnevision2VideoProcessor(video_backend="codec")
+    audio = tmp_path / "talk.mkv"
+    audio.write_bytes(encode_audio_only())
+    with pytest.raises(ValueError, match=r"talk\.mkv has no video stream"):
+        processor(str(audio))
+    corrupt = tmp_path / "noise.mp4"
+    corrupt.write_bytes(b"\x13\x37" * 500)
+    with pytest.raises(ValueError, match=r"Could not open video .*noise\.mp4"):
+        processor(str(corrupt))
+
+
+def test_streams_without_packet_sizes_are_reported(moving, monkeypatch):
+    from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
+
+    real_index = codec.index_video_stream
+
+    def index_without_sizes(container, name):
+        index = real_index(container, name)
+        index.packet_bytes = np.zeros_like(index.packet_bytes)
+        return index
+
+    monkeypatch.setattr(codec, "index_video_stream", index_without_sizes)
+    sample = sample_codec_video(moving[0], SMALL)
+    assert any("no packet sizes" in warning for warning in sample.report["warnings"])
+    assert len(sample.canvases) > len(sample.groups)
+
+
+def test_bitcost_source_runs_through_the_same_selection(moving, tmp_path):
+    pytest.importorskip("codec_video_prep.cv_reader_fast", reason="codec-video-prep (optional) is not installed")
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(moving[0])
+    framediff = sample_codec_video(str(path), SMALL, keep_candidates=True)
+    bitcost_config = CodecSamplingConfig(**{**SMALL.settings(), "score_source": "bitcost"})
+    bitcost = sample_codec_video(str(path), bitcost_config, keep_candidates=True)
+    assert bitcost.report["score_source"] == "bitcost"
+    assert (
+        bitcost.candidate_ids == framediff.candidate_ids and bitcost.canvases.shape[1:] == framediff.canvases.shape[1:]
+    )
+    ours = {block for group in framediff.selected for block in group}
+    released = {block for group in bitcost.selected for block in group}
+    assert len(ours & released) / len(ours | released) > 0.3  # measured 0.60 on this clip
+
+
+def test_bitcost_without_the_package_is_a_clear_error(monkeypatch):
+    from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
+
+    monkeypatch.setattr(codec, "read_video_fast_selected", None)
+    with pytest.raises(ValueError, match="needs the codec-video-prep package"):
+        CodecSamplingConfig(score_source="bitcost")
