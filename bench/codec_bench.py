@@ -75,10 +75,8 @@ def run_uniform(path: str, num_frames: int, canvas_hw: list[int]) -> dict:
     }
 
 
-def run_cv_preinfer(path: str) -> dict:
-    binary = shutil.which("cv-preinfer")
-    if binary is None:
-        return {"status": "not installed (pip install codec-video-prep; needs numpy<2 in its own environment)"}
+def run_cv_preinfer(path: str, binary: str) -> dict:
+    """The released tool with the checkpoint's flags; run from a child so its peak RSS is its own."""
     with tempfile.TemporaryDirectory() as output:
         command = [
             binary,
@@ -111,12 +109,21 @@ def run_cv_preinfer(path: str) -> dict:
         start = time.perf_counter()
         completed = subprocess.run(command, capture_output=True, text=True)
         seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 2), "returncode": completed.returncode}
+        canvases = len(list(Path(output).rglob("canvas_*")))
+    return {
+        "seconds": round(seconds, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "returncode": completed.returncode,
+        "canvases": canvases,
+        "error": completed.stderr[-300:] if completed.returncode else None,
+    }
 
 
 def child(method: str, path: str, extra: str) -> None:
     if method == "codec":
         result = run_codec(path)
+    elif method == "cv-preinfer":
+        result = run_cv_preinfer(path, extra)
     else:
         frames, height, width = (int(v) for v in extra.split(","))
         result = run_uniform(path, frames, [height, width])
@@ -134,6 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("--path", default=None)
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--output", default=None)
+    parser.add_argument("--cv-preinfer", default=shutil.which("cv-preinfer"), help="path of the released tool")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--extra", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -156,7 +164,9 @@ def main(argv=None) -> int:
         "tokens": codec["tokens"],
         "codec": codec,
         "uniform_same_tokens": uniform,
-        "cv_preinfer": run_cv_preinfer(path),
+        "cv_preinfer": in_child("cv-preinfer", path, args.cv_preinfer)
+        if args.cv_preinfer
+        else {"status": "not installed (codec-video-prep; it also needs ffprobe on PATH)"},
         "coverage_ratio_frames": round(codec["frames_covered"] / uniform["frames_covered"], 2),
         "coverage_ratio_seconds": round(codec["seconds_covered"] / uniform["seconds_covered"], 2),
     }

@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import av
@@ -255,6 +256,7 @@ def motion_tolerant_difference(current: np.ndarray, previous: np.ndarray, radius
 
 def spatial_activity(luma: np.ndarray) -> np.ndarray:
     """Per 2x2-pixel cell, the sum of |luma - its 3x3 local mean| (texture, for frames without a predecessor)."""
+    luma = luma.astype(np.float32)
     padded = np.pad(luma, 1, mode="edge")
     local_mean = (
         sum(padded[dy : dy + luma.shape[0], dx : dx + luma.shape[1]] for dy in range(3) for dx in range(3)) / 9
@@ -438,36 +440,67 @@ def decode_candidates(container, index, candidate_ids: list[int], config: CodecS
     candidate_set = set(candidate_ids)
     reformatter = av.video.reformatter.VideoReformatter()
     stats = DecodeStats()
-    frames, cell_maps, geometry = {}, {}, None
+    frames, pending, geometry = {}, {}, None
     previous_position, previous_luma = None, None
-    for position, frame in iter_frames(container, index, wanted, name, stats):
-        if geometry is None:
-            rotation = frame.rotation or 0
-            display_h, display_w = (frame.width, frame.height) if rotation % 180 else (frame.height, frame.width)
-            canvas_hw = canvas_size(display_h, display_w, config.patch * config.merge, config.max_pixels)
-            coded_canvas = canvas_hw if not rotation % 180 else canvas_hw[::-1]
-            half = (max(4, frame.width // 2), max(4, frame.height // 2))
-            geometry = (rotation, canvas_hw, coded_canvas, half)
-        rotation, canvas_hw, coded_canvas, half = geometry
-        luma = None
-        if config.score_source == "framediff":
-            luma = reformatter.reformat(frame, width=half[0], height=half[1], format="gray", interpolation="AREA")
-            luma = upright(luma.to_ndarray().astype(np.float32), rotation)
-        if position in candidate_set and position not in frames:
-            rgb = reformatter.reformat(
-                frame, width=coded_canvas[1], height=coded_canvas[0], format="rgb24", interpolation="AREA"
-            )
-            frames[position] = upright(rgb.to_ndarray(), rotation)
-            if luma is None:
-                pass
-            elif previous_position == position - 1 and previous_luma is not None and previous_luma.shape == luma.shape:
-                cell_maps[position] = motion_tolerant_difference(luma, previous_luma, config.shift_radius)
-            else:
-                cell_maps[position] = spatial_activity(luma)
-        previous_position, previous_luma = position, luma
-        if progress is not None:
-            progress.update(1)
+    with ThreadPoolExecutor(max_workers=1) as scorer:
+        for position, frame in iter_frames(container, index, wanted, name, stats):
+            geometry = geometry or frame_geometry(frame, config)
+            luma = decode_one(frame, position, geometry, candidate_set, frames, reformatter, config.score_source)
+            if luma is not None and position in frames and position not in pending:
+                # Scoring runs on a worker thread (numpy releases the GIL) while the decoder moves on.
+                if (
+                    previous_position == position - 1
+                    and previous_luma is not None
+                    and previous_luma.shape == luma.shape
+                ):
+                    pending[position] = scorer.submit(
+                        motion_tolerant_difference, luma, previous_luma, config.shift_radius
+                    )
+                else:
+                    pending[position] = scorer.submit(spatial_activity, luma)
+            previous_position, previous_luma = position, luma
+            if progress is not None:
+                progress.update(1)
+        cell_maps = {position: future.result() for position, future in pending.items()}
     return frames, cell_maps, geometry[1] if geometry else None, stats
+
+
+def frame_geometry(frame, config: CodecSamplingConfig):
+    """(rotation, canvas size upright, canvas size as coded, half-resolution luma size) from the first frame."""
+    rotation = frame.rotation or 0
+    display_h, display_w = (frame.width, frame.height) if rotation % 180 else (frame.height, frame.width)
+    canvas_hw = canvas_size(display_h, display_w, config.patch * config.merge, config.max_pixels)
+    coded_canvas = canvas_hw if not rotation % 180 else canvas_hw[::-1]
+    half = (max(4, frame.width // 2), max(4, frame.height // 2))
+    return rotation, canvas_hw, coded_canvas, half
+
+
+PLANAR_YUV = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12"}
+
+
+def half_resolution_luma(frame, half: tuple[int, int], reformatter) -> np.ndarray:
+    """int16 luma at half resolution: 2x2 sums of the decoded Y plane when the frame has one (no colour
+    conversion, exact integers), else a gray conversion. Only relative values matter downstream."""
+    if frame.format.name in PLANAR_YUV:
+        plane = frame.planes[0]
+        y = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size)
+        return pair_cell_sums(y[: half[1] * 2, : half[0] * 2].astype(np.int16))
+    gray = reformatter.reformat(frame, width=half[0], height=half[1], format="gray", interpolation="AREA")
+    return gray.to_ndarray().astype(np.int16) * 4
+
+
+def decode_one(frame, position, geometry, candidate_set, frames, reformatter, score_source):
+    """Store a candidate's canvas-size RGB; return the frame's half-resolution luma when scores need it."""
+    rotation, _, coded_canvas, half = geometry
+    luma = None
+    if score_source == "framediff":
+        luma = upright(half_resolution_luma(frame, half, reformatter), rotation)
+    if position in candidate_set and position not in frames:
+        rgb = reformatter.reformat(
+            frame, width=coded_canvas[1], height=coded_canvas[0], format="rgb24", interpolation="AREA"
+        )
+        frames[position] = upright(rgb.to_ndarray(), rotation)
+    return luma
 
 
 def bitcost_cell_maps(source, candidate_ids: list[int], codec: str, grid: str, name: str) -> dict[int, np.ndarray]:
