@@ -244,3 +244,5 @@ PRESETS: dict[str, dict] = {
 }
 
 __all__ = ["LlavaOnevision2Config", "LlavaOnevision2VisionConfig", "PRESETS"]
+
+LlavaOnevision2Config.register_for_auto_class()

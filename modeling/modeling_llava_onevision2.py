@@ -562,6 +562,13 @@ class LlavaOnevision2ForConditionalGeneration(LlavaOnevision2PreTrainedModel, Ge
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # A class registers for one auto class only; name the base model too, so AutoModel loads the folder as well.
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.setdefault("AutoModel", f"{LlavaOnevision2Model.__module__.rsplit('.', 1)[-1]}.LlavaOnevision2Model")
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def get_image_features(self, pixel_values, image_grid_thw, patch_positions=None, **kwargs):
         return self.model.get_image_features(pixel_values, image_grid_thw, patch_positions, **kwargs)
 
@@ -636,3 +643,8 @@ __all__ = [
     "LlavaOnevision2PreTrainedModel",
     "LlavaOnevision2VisionModel",
 ]
+
+# Saved folders carry `auto_map` and these files, so AutoConfig / AutoModel / AutoModelForImageTextToText load them
+# with trust_remote_code (the configuration registers itself in its own module).
+LlavaOnevision2Model.register_for_auto_class("AutoModel")
+LlavaOnevision2ForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")

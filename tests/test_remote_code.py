@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from conftest import pixels_for, prompt, tiny_model
-from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
 
 MODELING_DIR = Path(__file__).resolve().parents[1] / "modeling"
 
@@ -33,20 +32,17 @@ def test_modeling_files_import_only_siblings():
 
 
 def test_save_with_auto_map_and_load_in_fresh_process(tmp_path):
-    LlavaOnevision2Config.register_for_auto_class()
-    LlavaOnevision2ForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
     model = tiny_model()
-    model.config.auto_map = {
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)  # the classes register themselves for the auto classes
+    saved = {p.name for p in folder.iterdir()}
+    assert {"configuration_llava_onevision2.py", "modeling_llava_onevision2.py"} <= saved
+    assert "vision_geometry_llava_onevision2.py" in saved
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == {
         "AutoConfig": "configuration_llava_onevision2.LlavaOnevision2Config",
         "AutoModel": "modeling_llava_onevision2.LlavaOnevision2Model",
         "AutoModelForImageTextToText": "modeling_llava_onevision2.LlavaOnevision2ForConditionalGeneration",
     }
-    folder = tmp_path / "checkpoint"
-    model.save_pretrained(folder)
-    saved = {p.name for p in folder.iterdir()}
-    assert {"configuration_llava_onevision2.py", "modeling_llava_onevision2.py"} <= saved
-    assert "vision_geometry_llava_onevision2.py" in saved
-    assert json.loads((folder / "config.json").read_text())["auto_map"] == model.config.auto_map
 
     grid = [[1, 4, 6]]
     input_ids = torch.tensor([prompt([7], ("image", 6), [8])])

@@ -1,0 +1,312 @@
+"""Training data: source adapters, weighted mixtures and processed samples with bad samples skipped and counted.
+
+Every source record becomes one conversation in the transformers message format:
+
+    {"messages": [{"role": "user", "content": [{"type": "image", "image": "/abs/a.jpg"}, {"type": "text", ...}]},
+                  {"role": "assistant", "content": [{"type": "text", "text": "..."}]}]}
+
+Adapters:
+- `llava`: `{"image" | "images" | "video" | "videos": ..., "conversations": [{"from": "human" | "gpt" | "system",
+  "value": "... <image> ..."}]}`. Each `<image>` / `<video>` placeholder becomes a media item in place; when the
+  placeholder count does not match the media, the placeholders are dropped and all media go first in the first
+  user turn (as the upstream training data path does).
+- `messages`: `{"messages": [...], "images": [...], "videos": [...]}` (TRL's convention: media items without data
+  take the listed files in order), or items that carry their own path.
+Relative media paths resolve against the source's `media_root`.
+
+`processed_samples` turns records into model inputs with the processor and its chat template; labels cover only
+assistant turns (their text and the closing `<|im_end|>`). A sample longer than `max_length` is retried with smaller
+frame and pixel budgets and dropped when it still does not fit; unreadable samples are dropped. Every drop is counted
+by reason in a `SampleStats` and logged; none stops the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDER = re.compile(r"(<image>|<video>)")
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+@dataclass
+class DataSource:
+    """One entry of a stage's data mixture."""
+
+    path: str
+    format: str = "auto"  # "llava", "messages" or "auto" (decided per record)
+    media_root: str | None = None
+    weight: float = 1.0
+    streaming: bool = False
+    name: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DataSource:
+        unknown = set(values) - {"path", "format", "media_root", "weight", "streaming", "name"}
+        if unknown:
+            raise ValueError(f"Unknown keys in data source {values.get('path')!r}: {sorted(unknown)}.")
+        return cls(**values)
+
+
+@dataclass
+class SampleStats:
+    """Counts of used and dropped samples, by reason (printed at the end of a run)."""
+
+    used: int = 0
+    retried_smaller: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)
+
+    def drop(self, reason: str, where: str) -> None:
+        self.dropped[reason] += 1
+        self.examples.setdefault(reason, where)
+        logger.warning("Skipping sample %s: %s", where, reason)
+
+    def summary(self) -> str:
+        if not self.dropped:
+            return f"{self.used} samples used, none dropped ({self.retried_smaller} fitted after lowering budgets)."
+        reasons = ", ".join(f"{count} {reason} (e.g. {self.examples[reason]})" for reason, count in self.dropped.items())
+        return (
+            f"{self.used} samples used, {sum(self.dropped.values())} dropped: {reasons}; "
+            f"{self.retried_smaller} fitted after lowering budgets."
+        )
+
+
+# -- adapters -------------------------------------------------------------------------------------------------------
+
+
+def resolve_media(path: str, media_root: str | None) -> str:
+    if media_root and not os.path.isabs(path) and "://" not in path:
+        return os.path.join(media_root, path)
+    return path
+
+
+def as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def llava_to_messages(record: dict, media_root: str | None = None) -> dict:
+    """A LLaVA-style record -> `{"messages": [...]}` with media items in place of the placeholders."""
+    images = [resolve_media(p, media_root) for p in as_list(record.get("images", record.get("image")))]
+    videos = [resolve_media(p, media_root) for p in as_list(record.get("videos", record.get("video")))]
+    turns = record.get("conversations")
+    if not turns:
+        raise ValueError("record has no 'conversations'")
+    texts = [turn["value"] for turn in turns]
+    counts = Counter(token for text in texts for token in PLACEHOLDER.findall(text))
+    placed = counts["<image>"] == len(images) and counts["<video>"] == len(videos)
+    media = {"<image>": iter(images), "<video>": iter(videos)}
+    messages = []
+    for turn, text in zip(turns, texts):
+        role = ROLES.get(turn.get("from"))
+        if role is None:
+            raise ValueError(f"unknown speaker {turn.get('from')!r}")
+        content = []
+        for piece in PLACEHOLDER.split(text):
+            if piece in media:
+                if placed:
+                    kind = piece[1:-1]
+                    content.append({"type": kind, kind: next(media[piece])})
+            elif piece.strip() if not placed else piece:
+                content.append({"type": "text", "text": piece.strip("\n") if not placed else piece})
+        messages.append({"role": role, "content": content})
+    if not placed:
+        first_user = next((m for m in messages if m["role"] == "user"), None)
+        if first_user is None:
+            raise ValueError("media given but no user turn to attach them to")
+        leading = [{"type": "image", "image": p} for p in images] + [{"type": "video", "video": p} for p in videos]
+        first_user["content"] = leading + first_user["content"]
+    return {"messages": messages}
+
+
+def messages_record(record: dict, media_root: str | None = None) -> dict:
+    """A `messages` record: fill media items that carry no data from the record's `images` / `videos` lists."""
+    pools = {
+        "image": iter([resolve_media(p, media_root) for p in as_list(record.get("images"))]),
+        "video": iter([resolve_media(p, media_root) for p in as_list(record.get("videos"))]),
+    }
+    messages = []
+    for message in record["messages"]:
+        content = message["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        items = []
+        for item in content:
+            item = dict(item)
+            kind = item.get("type")
+            if kind in pools:
+                source = next((item[k] for k in (kind, "path", "url") if item.get(k)), None)
+                if source is None:
+                    source = next(pools[kind], None)
+                    if source is None:
+                        raise ValueError(f"more {kind} items than {kind}s listed in the record")
+                elif isinstance(source, str):
+                    source = resolve_media(source, media_root)
+                item = {"type": kind, kind: source}
+            items.append(item)
+        messages.append({"role": message["role"], "content": items})
+    return {"messages": messages}
+
+
+def to_messages(record: dict, source_format: str, media_root: str | None) -> dict:
+    if source_format == "llava" or (source_format == "auto" and "conversations" in record):
+        return llava_to_messages(record, media_root)
+    if source_format in ("messages", "auto") and "messages" in record:
+        return messages_record(record, media_root)
+    raise ValueError(f"record matches neither the llava nor the messages format (keys: {sorted(record)})")
+
+
+# -- sources and mixtures -------------------------------------------------------------------------------------------
+
+
+def load_source(source: DataSource) -> datasets.Dataset | datasets.IterableDataset:
+    """Raw records of one source as JSON strings (one uniform column, so mixtures of formats interleave)."""
+    path = source.path
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith((".json", ".jsonl")))
+    elif os.path.exists(path):
+        files = [path]
+    else:
+        raise FileNotFoundError(f"Data source not found: {path}")
+    if not files:
+        raise ValueError(f"Data source {path} holds no .json / .jsonl files.")
+    if all(f.endswith(".json") for f in files) and not source.streaming:
+        records = []
+        for file in files:
+            with open(file) as handle:
+                loaded = json.load(handle)
+            records.extend(loaded if isinstance(loaded, list) else [loaded])
+        raw = datasets.Dataset.from_dict({"record": [json.dumps(r) for r in records]})
+    else:
+        raw = datasets.load_dataset("json", data_files=files, split="train", streaming=source.streaming)
+        columns = list(raw.column_names or [])
+        raw = raw.map(lambda r: {"record": json.dumps(r)}, remove_columns=columns)
+    name = source.name or os.path.basename(path.rstrip("/"))
+    return raw.map(lambda r: {"source": name})
+
+
+def mix_sources(sources: list[DataSource], seed: int = 0):
+    """One stream drawing from each source in proportion to its weight (until every source is used up)."""
+    loaded = [load_source(source) for source in sources]
+    if len(loaded) == 1:
+        return loaded[0]
+    if any(isinstance(d, datasets.IterableDataset) for d in loaded):
+        loaded = [d.to_iterable_dataset() if isinstance(d, datasets.Dataset) else d for d in loaded]
+    total = sum(source.weight for source in sources)
+    return datasets.interleave_datasets(
+        loaded, probabilities=[s.weight / total for s in sources], seed=seed, stopping_strategy="all_exhausted"
+    )
+
+
+# -- processing -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Budget:
+    """Frame and pixel limits tried in order for one sample (first the stage's, then smaller ones)."""
+
+    max_pixels: int
+    max_frames: int
+    video_max_pixels: int
+
+
+def budget_ladder(max_pixels: int, max_frames: int, video_max_pixels: int, steps: int = 3) -> list[Budget]:
+    ladder = [Budget(max_pixels, max_frames, video_max_pixels)]
+    for _ in range(steps):
+        last = ladder[-1]
+        ladder.append(Budget(max(last.max_pixels // 2, 28 * 28 * 4), max(2, last.max_frames // 2), max(last.video_max_pixels // 2, 28 * 28 * 4)))
+    return ladder
+
+
+def encode_conversation(processor, messages: list[dict], budget: Budget, video_backend: str) -> dict:
+    """Tokenise one conversation with its media; labels only on assistant tokens (incl. the closing <|im_end|>)."""
+    outputs = processor.apply_chat_template(
+        messages,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        return_tensors="np",
+        processor_kwargs={
+            "images_kwargs": {"max_pixels": budget.max_pixels},
+            "videos_kwargs": {
+                "max_frames": budget.max_frames,
+                "max_pixels": budget.video_max_pixels,
+                "video_backend": video_backend,
+            },
+        },
+    )
+    sample = {key: np.asarray(value) for key, value in outputs.items() if key != "assistant_masks"}
+    sample["input_ids"] = sample["input_ids"][0]
+    sample.pop("attention_mask", None)
+    mask = np.asarray(outputs["assistant_masks"])[0].astype(bool)
+    sample["labels"] = np.where(mask, sample["input_ids"], -100)
+    return sample
+
+
+def processed_samples(
+    records,
+    processor,
+    max_length: int,
+    budgets: list[Budget],
+    video_backend: str = "frames",
+    stats: SampleStats | None = None,
+    formats: dict[str, tuple[str, str | None]] | None = None,
+) -> Iterator[dict]:
+    """Model inputs for each usable record, in order; unusable ones are counted in `stats` and skipped."""
+    stats = stats if stats is not None else SampleStats()
+    formats = formats or {}
+    for index, row in enumerate(records):
+        where = f"#{index} of {row.get('source', 'data')}"
+        try:
+            record = json.loads(row["record"]) if "record" in row else row
+            source_format, media_root = formats.get(row.get("source"), ("auto", None))
+            messages = to_messages(record, source_format, media_root)["messages"]
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
+            stats.drop(f"malformed record ({error})", where)
+            continue
+        sample = None
+        for attempt, budget in enumerate(budgets):
+            try:
+                encoded = encode_conversation(processor, messages, budget, video_backend)
+            except (OSError, ValueError) as error:  # unreadable media, bad files, placeholder mismatches
+                stats.drop(f"unreadable ({type(error).__name__}: {str(error)[:160]})", where)
+                break
+            if len(encoded["input_ids"]) <= max_length:
+                sample = encoded
+                stats.retried_smaller += attempt > 0
+                break
+        else:
+            stats.drop(f"longer than max_length={max_length} even at the smallest frame/pixel budget", where)
+        if sample is None:
+            continue
+        if not (sample["labels"] != -100).any():
+            stats.drop("no assistant tokens to learn from", where)
+            continue
+        stats.used += 1
+        yield sample
+
+
+__all__ = [
+    "Budget",
+    "DataSource",
+    "SampleStats",
+    "budget_ladder",
+    "encode_conversation",
+    "llava_to_messages",
+    "messages_record",
+    "mix_sources",
+    "processed_samples",
+    "to_messages",
+]
