@@ -11,6 +11,7 @@ Images and videos keep their order in the prompt; token ids come from the tokeni
 
 import re
 
+import numpy as np
 import torch
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 
@@ -226,9 +227,10 @@ def join_visual_rows(outputs, parts, pixel_key: str, grid_key: str, positions_ke
         for key in (pixel_key, grid_key, positions_key):
             outputs.pop(key, None)
         return
-    outputs[pixel_key] = torch.cat([part[0] for part in parts])
-    outputs[grid_key] = torch.cat([part[1] for part in parts])
-    outputs[positions_key] = torch.cat([part[2] for part in parts])
+    for index, key in enumerate((pixel_key, grid_key, positions_key)):
+        joined = torch.cat([torch.as_tensor(part[index]) for part in parts])
+        # Keep the container type the caller asked for (`return_tensors="np"` gives numpy arrays).
+        outputs[key] = joined.numpy() if isinstance(parts[0][index], np.ndarray) else joined
 
 
 __all__ = ["CHAT_TEMPLATE", "LlavaOnevision2Processor"]

@@ -75,7 +75,9 @@ class SampleStats:
     def summary(self) -> str:
         if not self.dropped:
             return f"{self.used} samples used, none dropped ({self.retried_smaller} fitted after lowering budgets)."
-        reasons = ", ".join(f"{count} {reason} (e.g. {self.examples[reason]})" for reason, count in self.dropped.items())
+        reasons = ", ".join(
+            f"{count} {reason} (e.g. {self.examples[reason]})" for reason, count in self.dropped.items()
+        )
         return (
             f"{self.used} samples used, {sum(self.dropped.values())} dropped: {reasons}; "
             f"{self.retried_smaller} fitted after lowering budgets."
@@ -119,8 +121,11 @@ def llava_to_messages(record: dict, media_root: str | None = None) -> dict:
                 if placed:
                     kind = piece[1:-1]
                     content.append({"type": kind, kind: next(media[piece])})
-            elif piece.strip() if not placed else piece:
-                content.append({"type": "text", "text": piece.strip("\n") if not placed else piece})
+                continue
+            if not placed:  # the placeholders are dropped; so is the line break that followed them
+                piece = piece.strip("\n")
+            if piece:
+                content.append({"type": "text", "text": piece})
         messages.append({"role": role, "content": content})
     if not placed:
         first_user = next((m for m in messages if m["role"] == "user"), None)
@@ -171,8 +176,23 @@ def to_messages(record: dict, source_format: str, media_root: str | None) -> dic
 # -- sources and mixtures -------------------------------------------------------------------------------------------
 
 
+def read_records(files: list[str], name: str) -> Iterator[dict]:
+    """`{"record": <raw JSON text>, "source": name}` per record of .json (a list or one object) and .jsonl files.
+    Records stay raw text until processing, so a malformed one is counted there instead of failing the load."""
+    for file in files:
+        with open(file) as handle:
+            if file.endswith(".jsonl"):
+                for line in handle:
+                    if line.strip():
+                        yield {"record": line.strip(), "source": name}
+            else:
+                loaded = json.load(handle)
+                for record in loaded if isinstance(loaded, list) else [loaded]:
+                    yield {"record": json.dumps(record), "source": name}
+
+
 def load_source(source: DataSource) -> datasets.Dataset | datasets.IterableDataset:
-    """Raw records of one source as JSON strings (one uniform column, so mixtures of formats interleave)."""
+    """Raw records of one source: in memory, or streamed through `datasets` when `streaming` is set."""
     path = source.path
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith((".json", ".jsonl")))
@@ -182,19 +202,15 @@ def load_source(source: DataSource) -> datasets.Dataset | datasets.IterableDatas
         raise FileNotFoundError(f"Data source not found: {path}")
     if not files:
         raise ValueError(f"Data source {path} holds no .json / .jsonl files.")
-    if all(f.endswith(".json") for f in files) and not source.streaming:
-        records = []
-        for file in files:
-            with open(file) as handle:
-                loaded = json.load(handle)
-            records.extend(loaded if isinstance(loaded, list) else [loaded])
-        raw = datasets.Dataset.from_dict({"record": [json.dumps(r) for r in records]})
-    else:
-        raw = datasets.load_dataset("json", data_files=files, split="train", streaming=source.streaming)
-        columns = list(raw.column_names or [])
-        raw = raw.map(lambda r: {"record": json.dumps(r)}, remove_columns=columns)
-    name = source.name or os.path.basename(path.rstrip("/"))
-    return raw.map(lambda r: {"source": name})
+    name = source_name(source)
+    if source.streaming:
+        return datasets.IterableDataset.from_generator(read_records, gen_kwargs={"files": files, "name": name})
+    rows = list(read_records(files, name))
+    return datasets.Dataset.from_dict({"record": [r["record"] for r in rows], "source": [name] * len(rows)})
+
+
+def source_name(source: DataSource) -> str:
+    return source.name or os.path.basename(source.path.rstrip("/"))
 
 
 def mix_sources(sources: list[DataSource], seed: int = 0):
@@ -223,10 +239,17 @@ class Budget:
 
 
 def budget_ladder(max_pixels: int, max_frames: int, video_max_pixels: int, steps: int = 3) -> list[Budget]:
+    """The stage's budget, then up to `steps` halvings of frames and pixels (distinct budgets only)."""
+    floor = 28 * 28 * 4
     ladder = [Budget(max_pixels, max_frames, video_max_pixels)]
     for _ in range(steps):
         last = ladder[-1]
-        ladder.append(Budget(max(last.max_pixels // 2, 28 * 28 * 4), max(2, last.max_frames // 2), max(last.video_max_pixels // 2, 28 * 28 * 4)))
+        smaller = Budget(
+            max(last.max_pixels // 2, floor), max(2, last.max_frames // 2), max(last.video_max_pixels // 2, floor)
+        )
+        if smaller == last:
+            break
+        ladder.append(smaller)
     return ladder
 
 

@@ -1,0 +1,350 @@
+"""Training path: data adapters, labels, packing, bad samples, every stage recipe, LoRA, resume and FSDP2 on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llava_onevision2.modeling import LlavaOnevision2ForConditionalGeneration
+from llava_onevision2.training.collator import MultimodalCollator, first_fit_rows
+from llava_onevision2.training.data import (
+    DataSource,
+    SampleStats,
+    budget_ladder,
+    llava_to_messages,
+    messages_record,
+    mix_sources,
+    processed_samples,
+)
+from llava_onevision2.training.recipe import load_recipe
+from llava_onevision2.training.sft import model_part, prepare
+from llava_onevision2.training.toy import build_toy_processor, write_toy_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "training" / "configs"
+TOY_SHAPES = (
+    "model.config_overrides={vision_config: {hidden_size: 64, intermediate_size: 96, num_hidden_layers: 1, "
+    "num_attention_heads: 2, patch_size: 8, spatial_merge_size: 2, out_hidden_size: 64, frame_windows_size: 4}, "
+    "text_config: {model_type: qwen3, vocab_size: 512, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 1, "
+    "num_attention_heads: 2, num_key_value_heads: 1, head_dim: 32, max_position_embeddings: 1024}}"
+)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    write_toy_dataset(str(root / "data"), images=12, videos=12, frames=4)
+    build_toy_processor(str(root / "processor"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def processor(toy):
+    return build_toy_processor()
+
+
+# -- adapters -------------------------------------------------------------------------------------------------------
+
+
+def test_llava_placeholders_become_media_items_in_place():
+    record = {
+        "images": ["a.png", "b.png"],
+        "conversations": [
+            {"from": "human", "value": "Compare <image> with <image>\nnow."},
+            {"from": "gpt", "value": "Same."},
+        ],
+    }
+    messages = llava_to_messages(record, media_root="/m")["messages"]
+    assert messages[0]["content"] == [
+        {"type": "text", "text": "Compare "},
+        {"type": "image", "image": "/m/a.png"},
+        {"type": "text", "text": " with "},
+        {"type": "image", "image": "/m/b.png"},
+        {"type": "text", "text": "\nnow."},
+    ]
+    assert messages[1] == {"role": "assistant", "content": [{"type": "text", "text": "Same."}]}
+
+
+def test_llava_placeholder_mismatch_puts_media_first():
+    record = {
+        "video": "v.mp4",
+        "image": "i.png",
+        "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "X"}],
+    }
+    content = llava_to_messages(record)["messages"][0]["content"]
+    assert content == [
+        {"type": "image", "image": "i.png"},
+        {"type": "video", "video": "v.mp4"},
+        {"type": "text", "text": "What?"},
+    ]
+
+
+def test_messages_records_fill_media_from_lists():
+    record = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "video"}, {"type": "image", "path": "x.png"}, {"type": "text", "text": "?"}],
+            },
+            {"role": "assistant", "content": "ok"},
+        ],
+        "videos": ["clip.mp4"],
+    }
+    messages = messages_record(record, media_root="/data")["messages"]
+    assert messages[0]["content"][:2] == [
+        {"type": "video", "video": "/data/clip.mp4"},
+        {"type": "image", "image": "/data/x.png"},
+    ]
+    assert messages[1]["content"] == [{"type": "text", "text": "ok"}]
+
+
+def test_weighted_mixture_draws_from_every_source(tmp_path):
+    for name, count in (("a", 50), ("b", 50)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"id": f"{name}{i}"}) + "\n" for i in range(count)))
+    mixed = mix_sources(
+        [DataSource(str(tmp_path / "a.jsonl"), weight=3.0), DataSource(str(tmp_path / "b.jsonl"), weight=1.0)]
+    )
+    first = [row["source"] for _, row in zip(range(40), mixed)]
+    assert first.count("a.jsonl") > 2 * first.count("b.jsonl") > 0
+    streamed = mix_sources([DataSource(str(tmp_path / "a.jsonl"), streaming=True)])
+    assert len(list(streamed)) == 50
+
+
+# -- labels, packing, bad samples -----------------------------------------------------------------------------------
+
+
+def samples_for(records, processor, root, max_length=512, stats=None):
+    path = Path(root) / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    raw = mix_sources([DataSource(str(path), media_root=str(root))])
+    ladder = budget_ladder(4096, 4, 4096)
+    return list(
+        processed_samples(raw, processor, max_length, ladder, "frames", stats, {"records.jsonl": ("auto", str(root))})
+    )
+
+
+def test_labels_cover_only_assistant_turns(processor, toy):
+    record = {
+        "image": "train_image_00000.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the shape?"},
+            {"from": "gpt", "value": "red"},
+            {"from": "human", "value": "Describe the image."},
+            {"from": "gpt", "value": "A red square."},
+        ],
+    }
+    (sample,) = samples_for([record], processor, toy / "data" / "media")
+    labelled = sample["labels"] != -100
+    assert processor.decode(sample["input_ids"][labelled]) == "red<|im_end|>A red square.<|im_end|>"
+    # The two labelled spans are separate: the user turn between them is masked.
+    assert np.count_nonzero(np.diff(labelled.astype(int)) == 1) == 2
+
+
+def test_packing_gives_the_unpacked_loss(processor, toy):
+    media = toy / "data" / "media"
+    records = [
+        json.loads(line) for line in (toy / "data" / "train_questions_image.jsonl").read_text().splitlines()[:3]
+    ]
+    records += [
+        json.loads(line) for line in (toy / "data" / "train_questions_video.jsonl").read_text().splitlines()[:3]
+    ]
+    samples = samples_for(records, processor, media)
+    recipe = load_recipe(
+        str(CONFIGS / "toy" / "stage2_instruct.yaml"),
+        [f"model.processor={toy / 'processor'}", "training.output_dir=/tmp/x", "model.preset=custom", TOY_SHAPES],
+    )
+    from llava_onevision2.training.sft import build_model
+
+    torch.manual_seed(0)
+    model = build_model(recipe, processor).eval()
+    padded = MultimodalCollator(processor.tokenizer.pad_token_id)(samples)
+    packed = MultimodalCollator(processor.tokenizer.pad_token_id, packing=True, max_length=512)(samples)
+    assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(**packed).loss, model(**padded).loss, atol=1e-5, rtol=1e-5)
+
+
+def test_first_fit_rows():
+    assert first_fit_rows([5, 4, 3, 2, 6], 8) == [[0, 2], [1, 3], [4]]
+
+
+def test_bad_samples_are_counted_not_fatal(processor, toy):
+    media = toy / "data" / "media"
+    good = {
+        "image": "train_image_00001.png",
+        "conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "red"}],
+    }
+    missing = {
+        "image": "nope.png",
+        "conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "red"}],
+    }
+    broken = {"conversations": [{"from": "alien", "value": "x"}]}
+    long_video = {
+        "video": "train_video_00000.mp4",
+        "conversations": [{"from": "human", "value": "<video>\n" + "go " * 10}, {"from": "gpt", "value": "left"}],
+    }
+    stats = SampleStats()
+    samples = samples_for([good, missing, broken, long_video, good], processor, media, max_length=150, stats=stats)
+    assert len(samples) == 3 and stats.used == 3
+    assert stats.retried_smaller == 1  # the video fitted with fewer frames
+    reasons = " ".join(stats.dropped)
+    assert "unreadable" in reasons and "malformed" in reasons
+    too_long = SampleStats()
+    assert samples_for([long_video], processor, media, max_length=40, stats=too_long) == []
+    assert "longer than max_length=40" in " ".join(too_long.dropped)
+    assert "1 dropped" in too_long.summary()
+
+
+# -- stages ---------------------------------------------------------------------------------------------------------
+
+STAGES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+
+
+def stage_overrides(toy, output, extra=()):
+    return [
+        "model.name_or_path=null",
+        "model.preset=custom",
+        "model.dtype=float32",
+        TOY_SHAPES,
+        f"model.processor={toy / 'processor'}",
+        f"data.root={toy / 'data'}",
+        "data.sources=[{path: train_questions_image.jsonl, media_root: media}, {path: train_questions_video.jsonl, media_root: media}]",
+        "data.max_length=512",
+        f"training.output_dir={output}",
+        "training.max_steps=1",
+        "training.per_device_train_batch_size=4",
+        "training.gradient_accumulation_steps=1",
+        "training.save_strategy='no'",
+        "training.logging_steps=1",
+        "training.warmup_steps=0",  # one step of warmup would mean a learning rate of zero
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_one_step_of_each_stage_changes_only_its_parts(stage, toy, tmp_path):
+    recipe = load_recipe(str(CONFIGS / stage), stage_overrides(toy, tmp_path))
+    trainer, processor, stats = prepare(recipe)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    result = trainer.train()
+    assert np.isfinite(result.training_loss)
+    changed = {name for name, p in trainer.model.named_parameters() if not torch.equal(before[name], p.detach())}
+    assert changed, "nothing learned"
+    if recipe.lora is None:
+        assert {model_part(name) for name in changed} == set(recipe.trainable)
+    else:
+        assert all("lora_" in name or "merger" in name for name in changed)
+        assert not any("visual.encoder" in name for name in changed)
+    assert stats.used >= 4
+
+
+def test_learning_rate_groups_per_part(toy, tmp_path):
+    recipe = load_recipe(str(CONFIGS / "stage2_instruct.yaml"), stage_overrides(toy, tmp_path))
+    trainer, _, _ = prepare(recipe)
+    optimizer = trainer.create_optimizer()
+    rates = sorted({group["lr"] for group in optimizer.param_groups})
+    assert rates == sorted({2.0e-6, 1.0e-5})
+    vision_ids = {id(p) for n, p in trainer.model.named_parameters() if model_part(n) == "vision"}
+    for group in optimizer.param_groups:
+        if any(id(p) in vision_ids for p in group["params"]):
+            assert group["lr"] == 2.0e-6 and all(id(p) in vision_ids for p in group["params"])
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_loss_curve(toy, tmp_path):
+    common = [
+        "training.max_steps=4",
+        "training.save_strategy=steps",
+        "training.save_steps=2",
+        "training.learning_rate=1.0e-3",
+    ]
+    straight = tmp_path / "straight"
+    from llava_onevision2.training.sft import run
+
+    full = run(load_recipe(str(CONFIGS / "toy" / "stage2_instruct.yaml"), stage_overrides(toy, straight, common)))
+    resumed_dir = tmp_path / "resumed"
+    first = run(
+        load_recipe(
+            str(CONFIGS / "toy" / "stage2_instruct.yaml"),
+            stage_overrides(toy, resumed_dir, [*common[:1], *common[1:]]) + ["training.max_steps=4"],
+        )
+    )
+    assert first["global_step"] == 4
+    checkpoint = resumed_dir / "checkpoint-2"
+    assert checkpoint.exists()
+    again = run(
+        load_recipe(
+            str(CONFIGS / "toy" / "stage2_instruct.yaml"),
+            stage_overrides(toy, tmp_path / "again", common) + [f"training.resume_from_checkpoint={checkpoint}"],
+        )
+    )
+    losses = lambda report: [e["loss"] for e in report["log_history"] if "loss" in e]  # noqa: E731
+    assert again["global_step"] == 4
+    np.testing.assert_allclose(losses(again), losses(full)[2:], rtol=1e-4)
+    reloaded = LlavaOnevision2ForConditionalGeneration.from_pretrained(tmp_path / "again")
+    assert reloaded.config.image_token_id == build_toy_processor().image_token_id
+
+
+@pytest.mark.slow
+def test_lora_adapters_merge_into_a_loadable_model(toy, tmp_path):
+    from llava_onevision2.training.sft import run
+
+    recipe = load_recipe(
+        str(CONFIGS / "stage2_instruct_lora.yaml"),
+        stage_overrides(
+            toy,
+            tmp_path / "lora",
+            ["training.max_steps=2", "lora.r=4", "lora.alpha=8", "training.learning_rate=1.0e-2"],
+        ),
+    )
+    run(recipe)
+    assert (tmp_path / "lora" / "adapter_config.json").exists()
+    merged = LlavaOnevision2ForConditionalGeneration.from_pretrained(tmp_path / "lora" / "merged").eval()
+    from peft import PeftModel
+
+    base = LlavaOnevision2ForConditionalGeneration.from_pretrained(tmp_path / "lora" / "merged")
+    assert (
+        merged.model.language_model.layers[0].self_attn.q_proj.weight.shape
+        == base.model.language_model.layers[0].self_attn.q_proj.weight.shape
+    )
+    assert PeftModel is not None
+    processor = build_toy_processor()
+    inputs = processor(
+        text="<|image_pad|> hi", images=[__import__("PIL.Image").Image.new("RGB", (64, 64))], return_tensors="pt"
+    )
+    with torch.no_grad():
+        assert torch.isfinite(merged(**inputs).logits).all()
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_on_cpu_save_a_reloadable_checkpoint(toy, tmp_path):
+    output = tmp_path / "fsdp"
+    overrides = stage_overrides(
+        toy, output, ["training.max_steps=2", "training.fsdp=full_shard", "training.use_cpu=true"]
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "llava_onevision2.training",
+        "--config",
+        str(CONFIGS / "toy" / "stage2_instruct.yaml"),
+        *overrides,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((output / "training_report.json").read_text())
+    assert report["global_step"] == 2
+    model = LlavaOnevision2ForConditionalGeneration.from_pretrained(output)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -1,0 +1,7 @@
+"""`python -m llava_onevision2.training --config RECIPE.yaml [section.key=value ...]`"""
+
+import sys
+
+from .sft import main
+
+sys.exit(main())
