@@ -419,6 +419,49 @@ class LlavaOnevision2Model(LlavaOnevision2PreTrainedModel):
         outputs.pooler_output = torch.split(outputs.pooler_output, tokens_per_row.tolist())
         return outputs
 
+    def _encode_visual_together(self, pending: dict, **kwargs) -> dict[str, BaseModelOutputWithPooling]:
+        """Images and videos of a batch through the tower in one call (the same collectives on every rank under
+        FSDP, one launch instead of two); the features are split back per modality and grid row."""
+        if len(pending) == 1:
+            ((modality, (pixels, grid, positions)),) = pending.items()
+            return {modality: self._encode_visual(pixels, grid, positions, modality, **kwargs)}
+        merge = self.config.vision_config.spatial_merge_size
+        pixels, grids, positions = [], [], []
+        for modality, (modality_pixels, grid, modality_positions) in pending.items():
+            pixel_name, grid_name, positions_name, _ = VISUAL_INPUT_KEYS[modality]
+            check_visual_inputs(modality_pixels, grid, self.config.vision_config, names=(pixel_name, grid_name))
+            positions.append(
+                resolve_patch_positions(modality_positions, grid, modality_pixels.shape[0], merge, positions_name)
+            )
+            pixels.append(modality_pixels)
+            grids.append(grid)
+        together = self._encode_visual(torch.cat(pixels), torch.cat(grids), torch.cat(positions), "image", **kwargs)
+        outputs, start = {}, 0
+        for modality, grid in zip(pending, grids):
+            outputs[modality] = BaseModelOutputWithPooling(
+                pooler_output=together.pooler_output[start : start + len(grid)]
+            )
+            start += len(grid)
+        return outputs
+
+    def _ranks_must_run_the_tower(self) -> bool:
+        """Sharded or replicated training needs every rank to run the vision tower every step, text-only or not."""
+        return (
+            self.training
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and (torch.distributed.get_world_size() > 1)
+        )
+
+    def _tower_keepalive(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Zero contribution of one blank merge block through the tower (keeps FSDP / DDP collectives in step)."""
+        vision = self.config.vision_config
+        merge = vision.spatial_merge_size
+        blank = inputs_embeds.new_zeros(merge * merge, vision.num_channels * vision.patch_size**2)
+        grid = torch.tensor([[1, merge, merge]], device=inputs_embeds.device)
+        features = self.visual(blank, grid_thw=grid, return_dict=True).pooler_output
+        return features.sum().to(inputs_embeds.dtype) * 0.0
+
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
@@ -503,12 +546,17 @@ class LlavaOnevision2Model(LlavaOnevision2PreTrainedModel):
             "image": (pixel_values, image_grid_thw, patch_positions),
             "video": (pixel_values_videos, video_grid_thw, video_patch_positions),
         }
+        pending = {}
         for modality, (pixels, grid, positions) in visual_inputs.items():
             if pixels is None:
                 continue
             if encoded.get(modality) is not None:
                 raise ValueError(f"Pass either {modality} pixels or pre-computed {modality} features, not both.")
-            encoded[modality] = self._encode_visual(pixels, grid, positions, modality, **kwargs)
+            pending[modality] = (pixels, grid, positions)
+        if pending:
+            encoded.update(self._encode_visual_together(pending, **kwargs))
+        elif not encoded and self._ranks_must_run_the_tower():
+            inputs_embeds = inputs_embeds + self._tower_keepalive(inputs_embeds)
 
         for modality in ("image", "video"):
             if encoded.get(modality) is None:

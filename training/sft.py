@@ -19,7 +19,7 @@ import sys
 
 import datasets
 import torch
-from transformers import AutoProcessor
+from transformers import AutoProcessor, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from ..modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
@@ -224,6 +224,7 @@ def save_outputs(trainer, processor, recipe: Recipe, output_dir: str) -> None:
 def prepare(recipe: Recipe, model=None, processor=None):
     """Processor, model (with its trainable parts set) and trainer of a stage, ready to `train()`."""
     processor = processor or load_processor(recipe)
+    set_seed(recipe.training.get("seed", 42))  # fresh weights are part of the run: same seed, same start
     model = model or build_model(recipe, processor)
     model.config.use_cache = False
     if recipe.lora is None:

@@ -66,7 +66,7 @@ def draw_shape(colour: str, shape: str, center: tuple[float, float], radius: int
 
 def write_moving_video(path: str, colour: str, shape: str, direction: str, frames: int, rng: random.Random) -> None:
     dx, dy = DIRECTIONS[direction]
-    radius, step = rng.randint(7, 10), rng.randint(4, 6)
+    radius, step = rng.randint(7, 10), rng.randint(6, 8)
     travel = step * (frames - 1)
     start_x = SIZE / 2 - dx * travel / 2 + rng.randint(-4, 4)
     start_y = SIZE / 2 - dy * travel / 2 + rng.randint(-4, 4)
