@@ -49,6 +49,7 @@ from .video_decoding_llava_onevision2 import (
     iter_frames,
     open_video,
 )
+from .vision_layout_llava_onevision2 import smart_resize
 
 CACHE_FORMAT_VERSION = 1
 SCORE_SOURCES = ("framediff", "bitcost")
@@ -207,17 +208,7 @@ def move_off_keyframes(ids: list[int], keyframe: np.ndarray) -> list[int]:
 
 def canvas_size(height: int, width: int, factor: int, max_pixels: int) -> tuple[int, int]:
     """Canvas (height, width): multiples of `factor`; the pixel budget is tested on the source area."""
-    resized_h = max(factor, round(height / factor) * factor)
-    resized_w = max(factor, round(width / factor) * factor)
-    if height * width > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        resized_h = max(factor, math.floor(height / beta / factor) * factor)
-        resized_w = max(factor, math.floor(width / beta / factor) * factor)
-    elif height * width < MIN_CANVAS_PIXELS:
-        beta = math.sqrt(MIN_CANVAS_PIXELS / (height * width))
-        resized_h = math.ceil(height * beta / factor) * factor
-        resized_w = math.ceil(width * beta / factor) * factor
-    return resized_h, resized_w
+    return smart_resize(height, width, factor, MIN_CANVAS_PIXELS, max_pixels, budget_on_source=True)
 
 
 # -- 3. scores ------------------------------------------------------------------------------------------------------

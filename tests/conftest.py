@@ -93,15 +93,6 @@ def model():
 
 # -- processing fixtures --------------------------------------------------------------------------------------------
 
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
 CORPUS = [
     "You are a helpful assistant.",
     "Describe the image. What happens in the video? The red square moves to the right.",
@@ -112,34 +103,6 @@ CORPUS = [
 
 def tiny_tokenizer():
     """A byte-level BPE Qwen2 tokenizer trained in memory (no download), with the Qwen special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
+    from llava_onevision2.training.toy import build_tokenizer
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    backend.train_from_iterator(CORPUS * 4, trainer=trainer)
-    vocab = backend.get_vocab()
-    merges = [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in _merges(backend)]
-    return Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        extra_special_tokens={
-            "image_token": "<|image_pad|>",
-            "video_token": "<|video_pad|>",
-            "vision_start_token": "<|vision_start|>",
-            "vision_end_token": "<|vision_end|>",
-        },
-    )
-
-
-def _merges(backend) -> list:
-    import json
-
-    return json.loads(backend.to_str())["model"]["merges"]
+    return build_tokenizer(CORPUS)
