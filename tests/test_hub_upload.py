@@ -1,0 +1,202 @@
+"""Export (verified in a fresh process), push dry-run, conversions and the demo command."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from llava_onevision2.hub_upload.convert import convert_encoder_plus_llm, convert_release
+from llava_onevision2.hub_upload.export import REMOTE_CODE, export
+from llava_onevision2.hub_upload.push import export_files, push
+from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
+from llava_onevision2.training.toy import build_toy_processor
+
+
+def tiny_overrides(processor) -> dict:
+    tokenizer = processor.tokenizer
+    return {
+        "vision_config": {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 2,
+                          "patch_size": 8, "out_hidden_size": 64},
+        "text_config": {"model_type": "qwen3", "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 96,
+                        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
+                        "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id},
+        "image_token_id": processor.image_token_id,
+        "video_token_id": processor.video_token_id,
+        "vision_start_token_id": processor.vision_start_token_id,
+        "vision_end_token_id": processor.vision_end_token_id,
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A trained-checkpoint-like folder: tiny random model plus the toy processor."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    processor = build_toy_processor(str(folder))
+    torch.manual_seed(0)
+    model = LlavaOnevision2ForConditionalGeneration._from_config(LlavaOnevision2Config(**tiny_overrides(processor)))
+    model.save_pretrained(folder)
+    return folder
+
+
+def sample_inputs(processor):
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    return processor(text="<|image_pad|> What colour?", images=[image], return_tensors="pt")
+
+
+def test_export_writes_a_self_contained_folder_that_loads_elsewhere(checkpoint, tmp_path):
+    report = export(str(tmp_path / "export"), source=str(checkpoint), repo_id="someone/tiny-ov2", max_shard_size="200KB")
+    files = set(report["files"])
+    assert {"config.json", "generation_config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+            "chat_template.jinja", "README.md", "model.safetensors.index.json"} <= files
+    assert set(REMOTE_CODE) <= files
+    assert any(name.startswith("model-00001-of-") for name in files)
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageTextToText"}
+    processor_config = json.loads((tmp_path / "export" / "processor_config.json").read_text())
+    assert "AutoProcessor" in processor_config["auto_map"]
+    assert "AutoImageProcessor" in processor_config["image_processor"]["auto_map"]
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: image-text-to-text")
+    assert "someone/tiny-ov2" in card and 'video_backend="codec"' in card
+    verification = report["verification"]
+    assert verification["code_from"] == "transformers_modules"
+    assert verification["image_new_tokens"] == verification["video_new_tokens"] == 4
+
+
+def test_export_verification_reports_a_broken_folder(checkpoint, tmp_path):
+    from llava_onevision2.hub_upload.export import verify_export
+
+    folder = tmp_path / "broken"
+    shutil.copytree(checkpoint, folder)
+    (folder / "modeling_llava_onevision2.py").write_text("raise ImportError('deliberately broken')\n")
+    with pytest.raises(RuntimeError, match="Verification of .*broken failed"):
+        verify_export(str(folder))
+
+
+def test_push_dry_run_lists_files_and_refuses_strangers(checkpoint, tmp_path):
+    folder = tmp_path / "export"
+    export(str(folder), source=str(checkpoint), verify=False)
+    plan = push(str(folder), "someone/tiny-ov2", private=True, revision="v1", dry_run=True)
+    names = [name for name, _ in plan["files"]]
+    assert "config.json" in names and "model.safetensors" in names
+    assert plan["total_bytes"] == sum(size for _, size in plan["files"]) > 0
+    (folder / "notes.txt").write_text("scratch")
+    with pytest.raises(ValueError, match=r"not part of an export: \['notes.txt'\]"):
+        export_files(str(folder))
+    result = subprocess.run(
+        [sys.executable, "-m", "llava_onevision2.hub_upload", "push", str(tmp_path / "missing"), "a/b", "--dry-run"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0 and "not an exported model folder" in result.stderr
+
+
+def released_layout(checkpoint: Path, folder: Path) -> Path:
+    """A folder as the release ships it: release weight names, upstream config and preprocessor config."""
+    folder.mkdir()
+    shutil.copy2(checkpoint / "model.safetensors", folder / "model.safetensors")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(checkpoint / name, folder / name)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_llava_onevision2.LlavaOnevision2Config",
+                          "AutoModelForImageTextToText": "modeling_llava_onevision2.LlavaOnevision2ForConditionalGeneration"}
+    config["vision_config"]["model_type"] = "llava_onevision2"  # the pre-2026-04-30 spelling
+    config["vision_config"]["use_patch_position_encoding"] = False
+    config["vision_config"]["rope_theta"] = 10000  # an int, as some writers emit it
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Qwen2VLImageProcessor", "patch_size": 8, "merge_size": 2, "temporal_patch_size": 1,
+        "min_pixels": 4096, "max_pixels": 8192,
+        "codec": {"target_canvas": 16, "group_size": 32, "images_per_group": 4, "max_pixels": 150000,
+                  "spatial_mask_mode": "off", "cache_root": "/tmp"},
+    }))
+    return folder
+
+
+def test_convert_release_keeps_weights_and_logits(checkpoint, tmp_path):
+    source = released_layout(checkpoint, tmp_path / "released")
+    report = convert_release(str(source), str(tmp_path / "ours"))
+    assert any("spatial_mask_mode" in note for note in report["notes"])
+    original = LlavaOnevision2ForConditionalGeneration.from_pretrained(checkpoint).eval()
+    converted = LlavaOnevision2ForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
+    assert (tmp_path / "ours" / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    processor = build_toy_processor()
+    inputs = sample_inputs(processor)
+    with torch.no_grad():
+        torch.testing.assert_close(original(**inputs).logits, converted(**inputs).logits, rtol=0, atol=0)
+    from transformers import AutoProcessor
+
+    loaded = AutoProcessor.from_pretrained(tmp_path / "ours", trust_remote_code=True)
+    assert loaded.image_processor.max_pixels == 8192
+    assert loaded.video_processor.codec_config == {"target_canvas": 16, "group_size": 32, "images_per_group": 4,
+                                                   "max_pixels": 150000}
+
+
+def test_convert_release_refuses_a_different_layout(checkpoint, tmp_path):
+    source = released_layout(checkpoint, tmp_path / "released")
+    state = LlavaOnevision2ForConditionalGeneration.from_pretrained(checkpoint).state_dict()
+    renamed = {k.replace("model.language_model.", "language_model.model."): v.contiguous() for k, v in state.items()}
+    save_file(renamed, str(source / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"(?s)not in the released layout .* missing model.language_model"):
+        convert_release(str(source), str(tmp_path / "ours"))
+
+
+def test_convert_encoder_plus_llm_builds_a_stage0_checkpoint(checkpoint, tmp_path):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    reference = LlavaOnevision2ForConditionalGeneration.from_pretrained(checkpoint)
+    encoder_dir, llm_dir = tmp_path / "encoder", tmp_path / "llm"
+    encoder_dir.mkdir()
+    standalone = {}
+    for key, value in reference.model.visual.state_dict().items():
+        if key.startswith("merger."):
+            continue
+        if ".self_attn.qkv." in key:
+            for name, part in zip("qkv", value.chunk(3, dim=0)):
+                standalone["vision_model." + key.replace(".qkv.", f".{name}_proj.")] = part.contiguous()
+        else:
+            standalone["vision_model." + key.replace(".self_attn.proj.", ".self_attn.out_proj.")] = value.contiguous()
+    standalone["vision_model.head.probe"] = torch.zeros(1, 1, 64)
+    standalone["vision_model.layernorm_post.weight"] = torch.ones(64)
+    save_file(standalone, str(encoder_dir / "model.safetensors"))
+    vision = reference.config.vision_config.to_dict()
+    (encoder_dir / "config.json").write_text(json.dumps({**vision, "model_type": "onevision_encoder", "use_head": True}))
+    text = reference.config.text_config.to_dict()
+    llm = Qwen3ForCausalLM(Qwen3Config(**{k: v for k, v in text.items() if k != "model_type"}))
+    llm.save_pretrained(llm_dir)
+    shutil.copy2(checkpoint / "tokenizer.json", llm_dir / "tokenizer.json")
+    shutil.copy2(checkpoint / "tokenizer_config.json", llm_dir / "tokenizer_config.json")
+
+    report = convert_encoder_plus_llm(str(encoder_dir), str(llm_dir), str(tmp_path / "stage0"))
+    assert report["fresh_merger_tensors"] == 6
+    built = LlavaOnevision2ForConditionalGeneration.from_pretrained(tmp_path / "stage0")
+    torch.testing.assert_close(
+        built.model.visual.encoder.layers[0].self_attn.qkv.weight, reference.model.visual.encoder.layers[0].self_attn.qkv.weight
+    )
+    torch.testing.assert_close(built.model.language_model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight)
+    torch.testing.assert_close(built.lm_head.weight, llm.lm_head.weight)
+    assert built.model.visual.merger.mlp[2].weight.shape == (text["hidden_size"], 4 * vision["hidden_size"])
+
+
+@pytest.mark.slow
+def test_demo_command_trains_the_toy_model_and_answers(tmp_path):
+    """`make demo` end to end on a fresh cache: toy curriculum (about 5 minutes), codec sampling, answer, PNG."""
+    env = {**os.environ, "LLAVA_OV2_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "llava_onevision2.hub_upload", "demo", "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((tmp_path / "out" / "demo_report.json").read_text())
+    assert Path(report["visualization"]).stat().st_size > 0
+    assert report["answer_codec"] and report["answer_frames"]
+    assert report["codec_canvases"] >= 1
+    accuracy = report["toy_heldout_accuracy"]
+    assert accuracy["colour"] >= 0.9 and accuracy["motion"] >= 0.35  # chance: 0.17 and 0.25
