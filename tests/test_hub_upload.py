@@ -21,11 +21,26 @@ from llava_onevision2.training.toy import build_toy_processor
 def tiny_overrides(processor) -> dict:
     tokenizer = processor.tokenizer
     return {
-        "vision_config": {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 2,
-                          "patch_size": 8, "out_hidden_size": 64},
-        "text_config": {"model_type": "qwen3", "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 96,
-                        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
-                        "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id},
+        "vision_config": {
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "patch_size": 8,
+            "out_hidden_size": 64,
+        },
+        "text_config": {
+            "model_type": "qwen3",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
         "image_token_id": processor.image_token_id,
         "video_token_id": processor.video_token_id,
         "vision_start_token_id": processor.vision_start_token_id,
@@ -52,10 +67,20 @@ def sample_inputs(processor):
 
 
 def test_export_writes_a_self_contained_folder_that_loads_elsewhere(checkpoint, tmp_path):
-    report = export(str(tmp_path / "export"), source=str(checkpoint), repo_id="someone/tiny-ov2", max_shard_size="200KB")
+    report = export(
+        str(tmp_path / "export"), source=str(checkpoint), repo_id="someone/tiny-ov2", max_shard_size="200KB"
+    )
     files = set(report["files"])
-    assert {"config.json", "generation_config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
-            "chat_template.jinja", "README.md", "model.safetensors.index.json"} <= files
+    assert {
+        "config.json",
+        "generation_config.json",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "README.md",
+        "model.safetensors.index.json",
+    } <= files
     assert set(REMOTE_CODE) <= files
     assert any(name.startswith("model-00001-of-") for name in files)
     config = json.loads((tmp_path / "export" / "config.json").read_text())
@@ -93,7 +118,8 @@ def test_push_dry_run_lists_files_and_refuses_strangers(checkpoint, tmp_path):
         export_files(str(folder))
     result = subprocess.run(
         [sys.executable, "-m", "llava_onevision2.hub_upload", "push", str(tmp_path / "missing"), "a/b", "--dry-run"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0 and "not an exported model folder" in result.stderr
 
@@ -105,18 +131,34 @@ def released_layout(checkpoint: Path, folder: Path) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(checkpoint / name, folder / name)
     config = json.loads((checkpoint / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "configuration_llava_onevision2.LlavaOnevision2Config",
-                          "AutoModelForImageTextToText": "modeling_llava_onevision2.LlavaOnevision2ForConditionalGeneration"}
+    config["auto_map"] = {
+        "AutoConfig": "configuration_llava_onevision2.LlavaOnevision2Config",
+        "AutoModelForImageTextToText": "modeling_llava_onevision2.LlavaOnevision2ForConditionalGeneration",
+    }
     config["vision_config"]["model_type"] = "llava_onevision2"  # the pre-2026-04-30 spelling
     config["vision_config"]["use_patch_position_encoding"] = False
     config["vision_config"]["rope_theta"] = 10000  # an int, as some writers emit it
     (folder / "config.json").write_text(json.dumps(config))
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "Qwen2VLImageProcessor", "patch_size": 8, "merge_size": 2, "temporal_patch_size": 1,
-        "min_pixels": 4096, "max_pixels": 8192,
-        "codec": {"target_canvas": 16, "group_size": 32, "images_per_group": 4, "max_pixels": 150000,
-                  "spatial_mask_mode": "off", "cache_root": "/tmp"},
-    }))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "Qwen2VLImageProcessor",
+                "patch_size": 8,
+                "merge_size": 2,
+                "temporal_patch_size": 1,
+                "min_pixels": 4096,
+                "max_pixels": 8192,
+                "codec": {
+                    "target_canvas": 16,
+                    "group_size": 32,
+                    "images_per_group": 4,
+                    "max_pixels": 150000,
+                    "spatial_mask_mode": "off",
+                    "cache_root": "/tmp",
+                },
+            }
+        )
+    )
     return folder
 
 
@@ -135,8 +177,12 @@ def test_convert_release_keeps_weights_and_logits(checkpoint, tmp_path):
 
     loaded = AutoProcessor.from_pretrained(tmp_path / "ours", trust_remote_code=True)
     assert loaded.image_processor.max_pixels == 8192
-    assert loaded.video_processor.codec_config == {"target_canvas": 16, "group_size": 32, "images_per_group": 4,
-                                                   "max_pixels": 150000}
+    assert loaded.video_processor.codec_config == {
+        "target_canvas": 16,
+        "group_size": 32,
+        "images_per_group": 4,
+        "max_pixels": 150000,
+    }
 
 
 def test_convert_release_refuses_a_different_layout(checkpoint, tmp_path):
@@ -167,7 +213,9 @@ def test_convert_encoder_plus_llm_builds_a_stage0_checkpoint(checkpoint, tmp_pat
     standalone["vision_model.layernorm_post.weight"] = torch.ones(64)
     save_file(standalone, str(encoder_dir / "model.safetensors"))
     vision = reference.config.vision_config.to_dict()
-    (encoder_dir / "config.json").write_text(json.dumps({**vision, "model_type": "onevision_encoder", "use_head": True}))
+    (encoder_dir / "config.json").write_text(
+        json.dumps({**vision, "model_type": "onevision_encoder", "use_head": True})
+    )
     text = reference.config.text_config.to_dict()
     llm = Qwen3ForCausalLM(Qwen3Config(**{k: v for k, v in text.items() if k != "model_type"}))
     llm.save_pretrained(llm_dir)
@@ -178,9 +226,12 @@ def test_convert_encoder_plus_llm_builds_a_stage0_checkpoint(checkpoint, tmp_pat
     assert report["fresh_merger_tensors"] == 6
     built = LlavaOnevision2ForConditionalGeneration.from_pretrained(tmp_path / "stage0")
     torch.testing.assert_close(
-        built.model.visual.encoder.layers[0].self_attn.qkv.weight, reference.model.visual.encoder.layers[0].self_attn.qkv.weight
+        built.model.visual.encoder.layers[0].self_attn.qkv.weight,
+        reference.model.visual.encoder.layers[0].self_attn.qkv.weight,
     )
-    torch.testing.assert_close(built.model.language_model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight)
+    torch.testing.assert_close(
+        built.model.language_model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight
+    )
     torch.testing.assert_close(built.lm_head.weight, llm.lm_head.weight)
     assert built.model.visual.merger.mlp[2].weight.shape == (text["hidden_size"], 4 * vision["hidden_size"])
 
@@ -191,7 +242,10 @@ def test_demo_command_trains_the_toy_model_and_answers(tmp_path):
     env = {**os.environ, "LLAVA_OV2_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(
         [sys.executable, "-m", "llava_onevision2.hub_upload", "demo", "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=1800,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((tmp_path / "out" / "demo_report.json").read_text())

@@ -198,6 +198,29 @@ def build_toy_processor(output_dir: str | None = None):
     return processor
 
 
+def toy_model_config(processor):
+    """The toy model's configuration (shapes from the toy stage-0 recipe), with the processor's token ids."""
+    import yaml
+
+    from ..modeling import LlavaOnevision2Config
+
+    recipe = yaml.safe_load((CONFIGS / "stage0_alignment.yaml").read_text())
+    values = json.loads(json.dumps(recipe["model"]["config_overrides"]))
+    tokenizer = processor.tokenizer
+    values["text_config"].update(
+        vocab_size=max(values["text_config"]["vocab_size"], len(tokenizer)),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlavaOnevision2Config(
+        **values,
+        image_token_id=processor.image_token_id,
+        video_token_id=processor.video_token_id,
+        vision_start_token_id=processor.vision_start_token_id,
+        vision_end_token_id=processor.vision_end_token_id,
+    )
+
+
 # -- evaluation -----------------------------------------------------------------------------------------------------
 
 
