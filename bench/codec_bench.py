@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit_report  # noqa: E402
 from video_bench import CACHE, encode_test_video  # noqa: E402
 
 
@@ -173,10 +174,7 @@ def main(argv=None) -> int:
     if minutes:
         report["codec_seconds_per_minute"] = round(codec["seconds"] / minutes, 2)
         report["uniform_seconds_per_minute"] = round(uniform["seconds"] / minutes, 2)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    emit_report(report, args.output)
     return 0
 
 

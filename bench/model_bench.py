@@ -19,13 +19,16 @@ upstream H200 figures are printed beside ours; compare them only on an H200 in b
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import TINY_CONFIG, emit_report  # noqa: E402
 
 from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
 from llava_onevision2.modeling.modeling_llava_onevision2 import LlavaOnevision2VisionAttention
@@ -36,29 +39,6 @@ UPSTREAM_H200_8B = {
     "video_prefill_ms": 869.0,
     "video_prefill_peak_gib": 21.2,
     "decode_ms_per_token": 33.0,
-}
-
-TINY = {
-    "vision_config": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        patch_size=14,
-        out_hidden_size=64,
-    ),
-    "text_config": dict(
-        model_type="qwen3",
-        vocab_size=1024,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    ),
-    "image_token_id": 5,
-    "video_token_id": 6,
 }
 
 
@@ -80,7 +60,11 @@ def parse_args(argv=None):
 
 
 def build_model(args) -> LlavaOnevision2ForConditionalGeneration:
-    config = LlavaOnevision2Config(**TINY) if args.preset == "tiny" else LlavaOnevision2Config.from_preset(args.preset)
+    config = (
+        LlavaOnevision2Config(**TINY_CONFIG)
+        if args.preset == "tiny"
+        else LlavaOnevision2Config.from_preset(args.preset)
+    )
     dtype = (
         getattr(torch, args.dtype)
         if args.dtype
@@ -221,12 +205,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(text + "\n")
+    emit_report(run(args), args.output)
     return 0
 
 

@@ -10,32 +10,17 @@ Each configuration runs `--steps` AdamW steps after a warm-up; tokens/s counts o
 """
 
 import argparse
-import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import TINY_CONFIG, emit_report  # noqa: E402
+
 from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
 from llava_onevision2.training.collator import MultimodalCollator
-
-TINY = {
-    "vision_config": dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, out_hidden_size=128
-    ),
-    "text_config": dict(
-        model_type="qwen3",
-        vocab_size=2048,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-    ),
-    "image_token_id": 5,
-    "video_token_id": 6,
-}
 
 
 def synthetic_samples(config, count: int, seq_len: int, image_size: int, generator) -> list[dict]:
@@ -110,7 +95,11 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
 
-    config = LlavaOnevision2Config(**TINY) if args.preset == "tiny" else LlavaOnevision2Config.from_preset(args.preset)
+    config = (
+        LlavaOnevision2Config(**TINY_CONFIG)
+        if args.preset == "tiny"
+        else LlavaOnevision2Config.from_preset(args.preset)
+    )
     dtype = (
         getattr(torch, args.dtype)
         if args.dtype
@@ -149,11 +138,7 @@ def main(argv=None) -> int:
             results["packing_true"]["tokens_per_second"] / results["packing_false"]["tokens_per_second"], 2
         ),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(text + "\n")
+    emit_report(report, args.output)
     return 0
 
 

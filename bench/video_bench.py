@@ -23,6 +23,9 @@ from pathlib import Path
 import av
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit_report  # noqa: E402
+
 CACHE = Path(__file__).resolve().parent / "results"
 
 
@@ -146,10 +149,7 @@ def main(argv=None) -> int:
             results["decode_all"]["peak_rss_mib"] / results["sampled"]["peak_rss_mib"], 2
         ),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    emit_report(report, args.output)
     return 0
 
 

@@ -31,14 +31,6 @@ from ..processing.video_processing_llava_onevision2 import LlavaOnevision2VideoP
 
 CODE_DIRS = (Path(__file__).resolve().parents[1] / "modeling", Path(__file__).resolve().parents[1] / "processing")
 WEIGHT_PATTERN = re.compile(r".*\.safetensors(\.index\.json)?$")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
 
 
 # -- shared helpers -------------------------------------------------------------------------------------------------
