@@ -148,7 +148,8 @@ def export(
 VERIFY_SCRIPT = """
 import io, json, sys
 repository = {repository!r}
-sys.path = [p for p in sys.path if not p.startswith(repository) and p not in ("", ".")]
+# Drop the repository's own folders (a virtual environment inside it stays: that is where the libraries live).
+sys.path = [p for p in sys.path if p not in ("", ".") and ("site-packages" in p or not p.startswith(repository))]
 
 
 class RefuseProject:
