@@ -468,3 +468,19 @@ def test_tokens_helper_consistency():
     assert tokens_for(IMAGE_GRID) == 6 and tokens_for(CODEC_GRID) == 8
     assert EOS != IMAGE
     assert tiny_config().vision_config.frame_windows_size == 2
+
+
+def test_text_only_training_batches_still_run_the_tower_under_distribution(monkeypatch):
+    """Under FSDP/DDP every rank must run the vision tower each step; a text-only batch runs it on a blank block
+    whose contribution is exactly zero."""
+    model = tiny_model().train()
+    inputs = CASES["text_only"]()
+    plain = model(**inputs, labels=inputs["input_ids"])
+    monkeypatch.setattr(type(model.model), "_ranks_must_run_the_tower", lambda self: True)
+    calls = count_vision_calls(model)
+    kept = model(**inputs, labels=inputs["input_ids"])
+    assert len(calls) == 1
+    torch.testing.assert_close(kept.logits, plain.logits)
+    kept.loss.backward()
+    grad = model.model.visual.encoder.layers[0].self_attn.qkv.weight.grad
+    assert grad is not None and grad.abs().sum() == 0
