@@ -3,6 +3,10 @@
 import json
 from pathlib import Path
 
+import torch
+
+from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
+
 # A tiny model for CPU smoke runs of the benchmarks (random weights; shapes only).
 TINY_CONFIG = {
     "vision_config": dict(
@@ -29,3 +33,14 @@ def emit_report(report: dict, output: str | None) -> None:
     print(text)
     if output:
         Path(output).write_text(text + "\n")
+
+
+def build_bench_model(preset: str, device: str, dtype: str | None, attn: str):
+    """Random weights at a preset's shapes ("tiny" for CPU runs), bf16 on CUDA and fp32 on CPU unless `dtype`."""
+    config = LlavaOnevision2Config(**TINY_CONFIG) if preset == "tiny" else LlavaOnevision2Config.from_preset(preset)
+    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    torch.manual_seed(0)
+    with torch.device(device):
+        return LlavaOnevision2ForConditionalGeneration._from_config(
+            config, dtype=torch_dtype, attn_implementation=attn
+        )

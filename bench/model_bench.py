@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TINY_CONFIG, emit_report  # noqa: E402
+from common import build_bench_model, emit_report  # noqa: E402
 
-from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
+from llava_onevision2.modeling import LlavaOnevision2ForConditionalGeneration
 from llava_onevision2.modeling.modeling_llava_onevision2 import LlavaOnevision2VisionAttention
 
 # Upstream code, one H200, bf16, sdpa, 8B shapes (see issue 2).
@@ -60,22 +60,7 @@ def parse_args(argv=None):
 
 
 def build_model(args) -> LlavaOnevision2ForConditionalGeneration:
-    config = (
-        LlavaOnevision2Config(**TINY_CONFIG)
-        if args.preset == "tiny"
-        else LlavaOnevision2Config.from_preset(args.preset)
-    )
-    dtype = (
-        getattr(torch, args.dtype)
-        if args.dtype
-        else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
-    )
-    torch.manual_seed(0)
-    with torch.device(args.device):
-        model = LlavaOnevision2ForConditionalGeneration._from_config(
-            config, dtype=dtype, attn_implementation=args.attn
-        )
-    return model.eval()
+    return build_bench_model(args.preset, args.device, args.dtype, args.attn).eval()
 
 
 def synchronize(device: str) -> None:

@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TINY_CONFIG, emit_report  # noqa: E402
+from common import build_bench_model, emit_report  # noqa: E402
 
-from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
 from llava_onevision2.training.collator import MultimodalCollator
 
 
@@ -95,21 +94,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
 
-    config = (
-        LlavaOnevision2Config(**TINY_CONFIG)
-        if args.preset == "tiny"
-        else LlavaOnevision2Config.from_preset(args.preset)
-    )
-    dtype = (
-        getattr(torch, args.dtype)
-        if args.dtype
-        else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
-    )
-    torch.manual_seed(0)
-    with torch.device(args.device):
-        model = LlavaOnevision2ForConditionalGeneration._from_config(
-            config, dtype=dtype, attn_implementation=args.attn
-        )
+    model = build_bench_model(args.preset, args.device, args.dtype, args.attn)
+    config, dtype = model.config, model.dtype
     model.config.use_cache = False
     generator = torch.Generator().manual_seed(0)
     samples = [
