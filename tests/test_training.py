@@ -341,3 +341,15 @@ def test_fsdp2_two_processes_on_cpu_save_a_reloadable_checkpoint(toy, tmp_path):
     assert report["global_step"] == 2
     model = LlavaOnevision2ForConditionalGeneration.from_pretrained(output)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_systematic_failure_stops_with_a_diagnosis(processor, toy):
+    missing = {
+        "image": "nowhere.png",
+        "conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "red"}],
+    }
+    stats = SampleStats()
+    with pytest.raises(
+        RuntimeError, match=r"The first 50 samples all failed.*unreadable sample \(FileNotFoundError\)"
+    ):
+        samples_for([missing] * 60, processor, toy / "data" / "media", stats=stats)

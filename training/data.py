@@ -67,10 +67,10 @@ class SampleStats:
     dropped: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)
 
-    def drop(self, reason: str, where: str) -> None:
+    def drop(self, reason: str, where: str, detail: str = "") -> None:
         self.dropped[reason] += 1
-        self.examples.setdefault(reason, where)
-        logger.warning("Skipping sample %s: %s", where, reason)
+        self.examples.setdefault(reason, f"{where}: {detail}" if detail else where)
+        logger.warning("Skipping sample %s: %s%s", where, reason, f" ({detail})" if detail else "")
 
     def summary(self) -> str:
         if not self.dropped:
@@ -278,6 +278,19 @@ def encode_conversation(processor, messages: list[dict], budget: Budget, video_b
     return sample
 
 
+SYSTEMATIC_FAILURES = 50
+
+
+def check_not_systematic(stats: SampleStats) -> None:
+    """Bad samples are skipped, but when not one of the first samples works the setup is wrong, not the data."""
+    dropped = sum(stats.dropped.values())
+    if stats.used == 0 and dropped >= SYSTEMATIC_FAILURES:
+        raise RuntimeError(
+            f"The first {dropped} samples all failed, which points at the setup (paths, media_root, processor, "
+            f"max_length) rather than at bad samples: {stats.summary()}"
+        )
+
+
 def processed_samples(
     records,
     processor,
@@ -297,14 +310,15 @@ def processed_samples(
             source_format, media_root = formats.get(row.get("source"), ("auto", None))
             messages = to_messages(record, source_format, media_root)["messages"]
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
-            stats.drop(f"malformed record ({error})", where)
+            stats.drop("malformed record", where, f"{type(error).__name__}: {error}")
+            check_not_systematic(stats)
             continue
         sample = None
         for attempt, budget in enumerate(budgets):
             try:
                 encoded = encode_conversation(processor, messages, budget, video_backend)
             except (OSError, ValueError) as error:  # unreadable media, bad files, placeholder mismatches
-                stats.drop(f"unreadable ({type(error).__name__}: {str(error)[:160]})", where)
+                stats.drop(f"unreadable sample ({type(error).__name__})", where, str(error)[:200])
                 break
             if len(encoded["input_ids"]) <= max_length:
                 sample = encoded
@@ -313,9 +327,11 @@ def processed_samples(
         else:
             stats.drop(f"longer than max_length={max_length} even at the smallest frame/pixel budget", where)
         if sample is None:
+            check_not_systematic(stats)
             continue
         if not (sample["labels"] != -100).any():
             stats.drop("no assistant tokens to learn from", where)
+            check_not_systematic(stats)
             continue
         stats.used += 1
         yield sample
