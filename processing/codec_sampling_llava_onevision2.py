@@ -450,7 +450,7 @@ def decode_candidates(container, index, candidate_ids: list[int], config: CodecS
                 else:
                     pending[position] = scorer.submit(spatial_activity, luma)
             previous_position, previous_luma = position, luma
-            if progress is not None:
+            if progress is not None and position in candidate_set:
                 progress.update(1)
         cell_maps = {position: future.result() for position, future in pending.items()}
     return frames, cell_maps, geometry[1] if geometry else None, stats
