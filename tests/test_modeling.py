@@ -460,7 +460,6 @@ def test_exactly_one_of_ids_or_embeds():
         tiny_model()(input_ids=None)
 
 
-
 def test_text_only_training_batches_still_run_the_tower_under_distribution(monkeypatch):
     """Under FSDP/DDP every rank must run the vision tower each step; a text-only batch runs it on a blank block
     whose contribution is exactly zero."""
