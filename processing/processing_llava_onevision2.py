@@ -164,7 +164,6 @@ class LlavaOnevision2Processor(ProcessorMixin):
                         kept_metadata.append(meta)
         join_visual_rows(outputs, as_images, "pixel_values", "image_grid_thw", "patch_positions")
         join_visual_rows(outputs, still_videos, "pixel_values_videos", "video_grid_thw", "video_patch_positions")
-        outputs["video_metadata"] = metadata
         return outputs
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
