@@ -150,7 +150,7 @@ class LlavaOnevision2Processor(ProcessorMixin):
             outputs, "pixel_values_videos", "video_grid_thw", "video_patch_positions", [m.grid_rows for m in metadata]
         )
         images, videos = iter(image_parts), iter(zip(video_parts, metadata))
-        as_images, still_videos, kept_metadata = [], [], []
+        as_images, still_videos = [], []
         for sample in outputs["text_replacement_offsets"]:
             for item in sample:
                 if item["type"] == "image":
@@ -161,7 +161,6 @@ class LlavaOnevision2Processor(ProcessorMixin):
                         as_images.append(part)
                     else:
                         still_videos.append(part)
-                        kept_metadata.append(meta)
         join_visual_rows(outputs, as_images, "pixel_values", "image_grid_thw", "patch_positions")
         join_visual_rows(outputs, still_videos, "pixel_values_videos", "video_grid_thw", "video_patch_positions")
         return outputs
