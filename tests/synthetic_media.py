@@ -71,19 +71,23 @@ def rotate_mp4(data: bytes, clockwise_degrees: int) -> bytes:
     return bytes(patched)
 
 
+def write_silence(container, packets: int = 10) -> None:
+    """A mono MP2 stream of silence in `container`."""
+    stream = container.add_stream("mp2", rate=16000)
+    stream.layout = "mono"
+    for _ in range(packets):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), dtype=np.int16), format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
 def encode_audio_only() -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="matroska") as container:
-        stream = container.add_stream("mp2", rate=16000)
-        stream.layout = "mono"
-        samples = np.zeros((1, 1152), dtype=np.int16)
-        for _ in range(10):
-            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-            frame.sample_rate = 16000
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        write_silence(container)
     return buffer.getvalue()
 
 
@@ -98,15 +102,7 @@ def encode_empty_video_stream() -> bytes:
     with av.open(buffer, mode="w", format="matroska") as container:
         video = container.add_stream("libx264", rate=10)
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        audio = container.add_stream("mp2", rate=16000)
-        audio.layout = "mono"
-        for _ in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), dtype=np.int16), format="s16", layout="mono")
-            frame.sample_rate = 16000
-            for packet in audio.encode(frame):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
+        write_silence(container)
     return buffer.getvalue()
 
 
