@@ -541,7 +541,7 @@ def cache_path(source, config: CodecSamplingConfig) -> str | None:
             {"file": identity, "settings": config.settings(), "version": CACHE_FORMAT_VERSION}, sort_keys=True
         ).encode()
     ).hexdigest()[:32]
-    return os.path.join(config.cache_dir, f"codec-{key}.npz")
+    return os.path.join(os.path.expanduser(config.cache_dir), f"codec-{key}.npz")
 
 
 def load_cached(path: str) -> CodecSample | None:
