@@ -180,6 +180,12 @@ class LlavaOnevision2Config(PreTrainedConfig):
             text_class = AutoConfig.for_model(text.get("model_type", "qwen3")).__class__
             self.text_config = coerce_int_floats(text_class, text)
         super().__post_init__(**kwargs)
+        out_width, text_width = self.vision_config.out_hidden_size, self.text_config.hidden_size
+        if out_width != text_width:
+            raise ValueError(
+                f"vision_config.out_hidden_size ({out_width}) must equal text_config.hidden_size ({text_width}): the "
+                "merger writes vision features into the language model's embedding space."
+            )
         # Token ids the generation utilities look for live on the text model; copy them up when unset.
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if getattr(self, name) is None:

@@ -6,6 +6,7 @@ State-dict keys match the released checkpoints: `model.visual.*`, `model.languag
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from transformers.modeling_outputs import (
     MultimodalCausalLMOutputWithPast,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import is_flash_attention_requested, merge_with_config_defaults
@@ -39,6 +41,33 @@ VISUAL_INPUT_KEYS = {
     "image": ("pixel_values", "image_grid_thw", "patch_positions", "image_token_id"),
     "video": ("pixel_values_videos", "video_grid_thw", "video_patch_positions", "video_token_id"),
 }
+
+
+@dataclass
+class LlavaOnevision2ModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+    r"""
+    router_logits (`tuple(torch.FloatTensor)`, *optional*):
+        Per MoE layer, the router logits `[tokens, num_experts]` (MoE language models with `output_router_logits`).
+    """
+
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class LlavaOnevision2CausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+    r"""
+    aux_loss (`torch.FloatTensor`, *optional*):
+        The Qwen3-MoE load-balancing loss; `loss` includes it times `router_aux_loss_coef` when labels are given.
+    router_logits (`tuple(torch.FloatTensor)`, *optional*):
+        Per MoE layer, the router logits `[tokens, num_experts]`.
+    """
+
+    aux_loss: torch.FloatTensor | None = None
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+
+
+def is_moe_text_config(text_config) -> bool:
+    return getattr(text_config, "num_experts", None) is not None and hasattr(text_config, "router_aux_loss_coef")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -489,8 +518,16 @@ class LlavaOnevision2Model(LlavaOnevision2PreTrainedModel):
         inputs_embeds: torch.Tensor,
         modality: str,
         num_features: int,
+        feature_size: int | None = None,
     ) -> torch.Tensor:
-        """Boolean `[batch, seq, 1]` mask of the placeholder tokens of `modality`, checked against the feature count."""
+        """Boolean `[batch, seq, 1]` mask of the placeholder tokens of `modality`, checked against the feature count
+        and, when given, the feature width against the text hidden size."""
+        hidden_size = inputs_embeds.shape[-1]
+        if feature_size is not None and feature_size != hidden_size:
+            raise ValueError(
+                f"{modality.capitalize()} features are {feature_size} wide but the language model's hidden size is "
+                f"{hidden_size}: the merger's out_hidden_size must equal text_config.hidden_size."
+            )
         token_id = getattr(self.config, VISUAL_INPUT_KEYS[modality][3])
         if input_ids is None:
             token_embedding = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
@@ -524,8 +561,9 @@ class LlavaOnevision2Model(LlavaOnevision2PreTrainedModel):
         video_patch_positions: torch.LongTensor | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         use_cache: bool | None = None,
+        output_router_logits: bool | None = None,
         **kwargs,
-    ) -> MultimodalBaseModelOutputWithPast:
+    ) -> LlavaOnevision2ModelOutputWithPast:
         r"""
         pixel_values / image_grid_thw / patch_positions:
             Images (and frames or codec canvases sent as images): block-layout pixel rows `[N, C*P*P]`, grid rows
@@ -535,6 +573,8 @@ class LlavaOnevision2Model(LlavaOnevision2PreTrainedModel):
         mm_encoder_outputs (`dict`, *optional*):
             Pre-computed `get_image_features` / `get_video_features` outputs under "image" / "video" (used by
             `generate` to encode once before expanding for beams).
+        output_router_logits (`bool`, *optional*):
+            MoE language models only: return each layer's router logits (defaults to `text_config.output_router_logits`).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
@@ -562,7 +602,7 @@ class LlavaOnevision2Model(LlavaOnevision2PreTrainedModel):
             if encoded.get(modality) is None:
                 continue
             features = torch.cat(list(encoded[modality].pooler_output)).to(inputs_embeds.device, inputs_embeds.dtype)
-            mask = self.get_placeholder_mask(input_ids, inputs_embeds, modality, features.shape[0])
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, modality, *features.shape)
             inputs_embeds = inputs_embeds.masked_scatter(mask, features)
 
         if position_ids is None:
@@ -570,6 +610,14 @@ class LlavaOnevision2Model(LlavaOnevision2PreTrainedModel):
             batch_size, seq_length = inputs_embeds.shape[:2]
             position_ids = text_position_ids(attention_mask, past_length, batch_size, seq_length, inputs_embeds.device)
 
+        if is_moe_text_config(self.config.text_config):
+            kwargs["output_router_logits"] = (
+                output_router_logits
+                if output_router_logits is not None
+                else self.config.text_config.output_router_logits
+            )
+        elif output_router_logits:
+            raise ValueError("output_router_logits needs a mixture-of-experts language model (qwen3_moe).")
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -578,13 +626,14 @@ class LlavaOnevision2Model(LlavaOnevision2PreTrainedModel):
             use_cache=use_cache,
             **kwargs,
         )
-        return MultimodalBaseModelOutputWithPast(
+        return LlavaOnevision2ModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=encoded.get("image"),
             video_outputs=encoded.get("video"),
+            router_logits=getattr(outputs, "router_logits", None),
         )
 
 
@@ -641,9 +690,10 @@ class LlavaOnevision2ForConditionalGeneration(LlavaOnevision2PreTrainedModel, Ge
         video_patch_positions: torch.LongTensor | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         use_cache: bool | None = None,
+        output_router_logits: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> MultimodalCausalLMOutputWithPast:
+    ) -> LlavaOnevision2CausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Next-token targets aligned with `input_ids` (shifted inside the loss); -100 is ignored.
@@ -666,6 +716,7 @@ class LlavaOnevision2ForConditionalGeneration(LlavaOnevision2PreTrainedModel, Ge
             video_patch_positions=video_patch_positions,
             mm_encoder_outputs=mm_encoder_outputs,
             use_cache=use_cache,
+            output_router_logits=output_router_logits,
             **kwargs,
         )
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
@@ -674,8 +725,19 @@ class LlavaOnevision2ForConditionalGeneration(LlavaOnevision2PreTrainedModel, Ge
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
-        return MultimodalCausalLMOutputWithPast(
+        aux_loss = None
+        if outputs.router_logits:
+            # Qwen3-MoE's load-balancing loss, weighted as in Qwen3MoeForCausalLM and the released MoE recipe.
+            text_config = self.config.text_config
+            aux_loss = load_balancing_loss_func(
+                outputs.router_logits, text_config.num_experts, text_config.num_experts_per_tok, attention_mask
+            )
+            if loss is not None:
+                loss = loss + text_config.router_aux_loss_coef * aux_loss.to(loss.device)
+        return LlavaOnevision2CausalLMOutputWithPast(
             loss=loss,
+            aux_loss=aux_loss,
+            router_logits=outputs.router_logits,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
@@ -686,7 +748,9 @@ class LlavaOnevision2ForConditionalGeneration(LlavaOnevision2PreTrainedModel, Ge
 
 
 __all__ = [
+    "LlavaOnevision2CausalLMOutputWithPast",
     "LlavaOnevision2ForConditionalGeneration",
+    "LlavaOnevision2ModelOutputWithPast",
     "LlavaOnevision2Model",
     "LlavaOnevision2PreTrainedModel",
     "LlavaOnevision2VisionModel",

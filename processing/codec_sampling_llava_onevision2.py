@@ -36,9 +36,9 @@ import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, fields
 
-import av
 import numpy as np
 
 from .video_decoding_llava_onevision2 import (
@@ -56,26 +56,55 @@ SCORE_SOURCES = ("framediff", "bitcost")
 BITCOST_GRIDS = ("adaptive", "mb", "sub", "ctu")
 MIN_CANVAS_PIXELS = 56 * 56
 
-try:  # optional: the released per-macroblock bit-cost reader (`pip install --no-deps codec-video-prep`)
-    from codec_video_prep.cv_reader_fast import read_video_fast_selected
-except ImportError:
-    read_video_fast_selected = None
+
+def bitcost_reader():
+    """The released per-macroblock bit-cost reader (`pip install --no-deps codec-video-prep`), or None."""
+    try:
+        from codec_video_prep.cv_reader_fast import read_video_fast_selected
+    except ImportError:
+        return None
+    return read_video_fast_selected
+
+
+def released_cache_root() -> str:
+    """The released codec cache folder: `$ONLINE_CODEC_CACHE_DIR`, else `$HF_HOME/online_codec`."""
+    if os.environ.get("ONLINE_CODEC_CACHE_DIR"):
+        return os.environ["ONLINE_CODEC_CACHE_DIR"]
+    hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return os.path.join(hf_home, "online_codec")
+
+
+def released_timeout() -> float:
+    """Seconds one video may take (`$ONLINE_CODEC_TIMEOUT`, else 7200, the released default)."""
+    return float(os.environ.get("ONLINE_CODEC_TIMEOUT", 7200))
+
+
+SPATIAL_MASK_MODES = ("off",)
 
 
 @dataclass(frozen=True)
 class CodecSamplingConfig:
-    """Knobs of the released `codec` block, plus this implementation's own (documented inline)."""
+    """The released `codec` block (same key names and defaults), plus this implementation's own knobs.
+
+    Released keys: `target_canvas, group_size, images_per_group, patch, max_pixels, min_group_frames,
+    max_group_frames, spatial_mask_mode, cache_root, timeout`. `cache_root` (str or `pathlib.Path`) defaults to the
+    released location (see `released_cache_root`); `None` turns the cache off. `timeout` bounds the seconds spent on
+    one video. Build it from a mapping with `from_mapping`, which rejects unknown keys by name.
+    """
 
     target_canvas: int = 32
     group_size: int = 32
     images_per_group: int = 4
     patch: int = 14
-    merge: int = 2
     max_pixels: int = 150_000
     min_group_frames: int = 8
     max_group_frames: int = 64
+    spatial_mask_mode: str = "off"
+    cache_root: str | os.PathLike | None = field(default_factory=released_cache_root, compare=False)
+    timeout: float = field(default_factory=released_timeout, compare=False)
     avoid_keyframes: bool = True
     # ours
+    merge: int = 2
     score_source: str = "framediff"  # or "bitcost": the released signal, when codec-video-prep is installed
     bitcost_grid: str = "adaptive"  # bitcost only: ctu for hevc/vp9, macroblocks otherwise (the release default)
     coverage_bins: int = 3
@@ -83,10 +112,12 @@ class CodecSamplingConfig:
     score_percentile: float = 99.0
     shift_radius: int = 2  # motion tolerance in half-resolution pixels
     allow_truncated: bool = False
-    cache_dir: str | None = field(default=None, compare=False)
     progress: bool | None = field(default=None, compare=False)  # None: a bar for videos over 5 minutes
 
     def __post_init__(self):
+        if self.cache_root is not None:
+            root = os.path.expanduser(os.fspath(self.cache_root))
+            object.__setattr__(self, "cache_root", root or None)
         if self.target_canvas <= 0 or self.images_per_group <= 0 or self.group_size <= 0:
             raise ValueError("target_canvas, images_per_group and group_size must be positive.")
         if self.target_canvas % self.images_per_group:
@@ -97,15 +128,37 @@ class CodecSamplingConfig:
             raise ValueError(
                 f"min_group_frames {self.min_group_frames} exceeds max_group_frames {self.max_group_frames}."
             )
+        if self.spatial_mask_mode not in SPATIAL_MASK_MODES:
+            raise ValueError(
+                f"spatial_mask_mode {self.spatial_mask_mode!r} is not implemented; the released checkpoint uses "
+                f"{SPATIAL_MASK_MODES[0]!r} (the only mode its codec tool applies)."
+            )
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}.")
         if self.score_source not in SCORE_SOURCES:
             raise ValueError(f"score_source must be one of {SCORE_SOURCES}, got {self.score_source!r}.")
         if self.bitcost_grid not in BITCOST_GRIDS:
             raise ValueError(f"bitcost_grid must be one of {BITCOST_GRIDS}, got {self.bitcost_grid!r}.")
-        if self.score_source == "bitcost" and read_video_fast_selected is None:
+        if self.score_source == "bitcost" and bitcost_reader() is None:
             raise ValueError(
                 "score_source='bitcost' needs the codec-video-prep package (pip install --no-deps codec-video-prep; "
                 "its reader also runs on numpy 2). The default score_source='framediff' needs nothing extra."
             )
+
+    @classmethod
+    def accepted_keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, *mappings) -> CodecSamplingConfig:
+        """Merge mappings left to right (later wins) into a config; an unknown key is an error naming the accepted."""
+        values = {}
+        for mapping in mappings:
+            values.update(mapping or {})
+        unknown = sorted(set(values) - set(cls.accepted_keys()))
+        if unknown:
+            raise ValueError(f"Unknown codec_config keys {unknown}; accepted keys: {', '.join(cls.accepted_keys())}.")
+        return cls(**values)
 
     @property
     def num_candidates(self) -> int:
@@ -114,8 +167,8 @@ class CodecSamplingConfig:
     def settings(self) -> dict:
         """Every setting that changes the result (the cache key)."""
         values = asdict(self)
-        values.pop("cache_dir")
-        values.pop("progress")
+        for name in ("cache_root", "timeout", "progress"):
+            values.pop(name)
         return values
 
 
@@ -424,17 +477,30 @@ def upright(array: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array
 
 
-def decode_candidates(container, index, candidate_ids: list[int], config: CodecSamplingConfig, name: str, progress):
+def check_deadline(deadline: float, config: CodecSamplingConfig, name: str, stage: str) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError(
+            f"Codec sampling of {name} exceeded its timeout of {config.timeout:g} s ({stage}); raise "
+            "codec_config['timeout'] (or $ONLINE_CODEC_TIMEOUT), or use video_backend='frames'."
+        )
+
+
+def decode_candidates(
+    container, index, candidate_ids: list[int], config: CodecSamplingConfig, name: str, progress, deadline: float
+):
     """One pass: canvas-size RGB of each candidate and its cell score map (needs the frame before it)."""
+    from av.video.reformatter import VideoReformatter  # PyAV loads only when a video is sampled
+
     predecessors = {c - 1 for c in candidate_ids if c > 0} if config.score_source == "framediff" else set()
     wanted = sorted(set(candidate_ids) | predecessors)
     candidate_set = set(candidate_ids)
-    reformatter = av.video.reformatter.VideoReformatter()
+    reformatter = VideoReformatter()
     stats = DecodeStats()
     frames, pending, geometry = {}, {}, None
     previous_position, previous_luma = None, None
     with ThreadPoolExecutor(max_workers=1) as scorer:
         for position, frame in iter_frames(container, index, wanted, name, stats):
+            check_deadline(deadline, config, name, f"decoding, {stats.frames_decoded} frames in")
             geometry = geometry or frame_geometry(frame, config)
             luma = decode_one(frame, position, geometry, candidate_set, frames, reformatter, config.score_source)
             if luma is not None and position in frames and position not in pending:
@@ -502,7 +568,7 @@ def bitcost_cell_maps(source, candidate_ids: list[int], codec: str, grid: str, n
         grid = "ctu" if codec in ("hevc", "vp9") else "mb"
     key = {"mb": "mb_bit_cost", "sub": "sub_mb_bit_cost", "ctu": "ctu_bit_cost"}[grid]
     try:
-        items = read_video_fast_selected(os.fspath(source), list(candidate_ids), export_bitcost=1, thread_type="slice")
+        items = bitcost_reader()(os.fspath(source), list(candidate_ids), export_bitcost=1, thread_type="slice")
     except (OSError, RuntimeError, ValueError) as error:
         raise ValueError(f"Bit-cost reading failed for {name}: {error}") from error
     maps = {}
@@ -531,7 +597,7 @@ def file_identity(source) -> str | None:
 
 
 def cache_path(source, config: CodecSamplingConfig) -> str | None:
-    if not config.cache_dir:
+    if not config.cache_root:
         return None
     identity = file_identity(source)
     if identity is None:
@@ -541,7 +607,7 @@ def cache_path(source, config: CodecSamplingConfig) -> str | None:
             {"file": identity, "settings": config.settings(), "version": CACHE_FORMAT_VERSION}, sort_keys=True
         ).encode()
     ).hexdigest()[:32]
-    return os.path.join(os.path.expanduser(config.cache_dir), f"codec-{key}.npz")
+    return os.path.join(config.cache_root, f"codec-{key}.npz")
 
 
 def load_cached(path: str) -> CodecSample | None:
@@ -579,6 +645,7 @@ def sample_codec_video(
 ) -> CodecSample:
     """Run the codec-aligned selection on one video (a path, bytes or a binary file object)."""
     config = config or CodecSamplingConfig()
+    deadline = time.monotonic() + config.timeout
     path = None if keep_candidates else cache_path(source, config)
     if path is not None and (cached := load_cached(path)) is not None:
         return cached
@@ -602,7 +669,7 @@ def sample_codec_video(
             progress = tqdm(total=len(candidate_ids), desc=f"codec sampling {name}", unit="frame", leave=False)
         try:
             frames, cell_maps, canvas_hw, stats = decode_candidates(
-                container, index, candidate_ids, config, name, progress
+                container, index, candidate_ids, config, name, progress, deadline
             )
         finally:
             if progress is not None:
@@ -610,6 +677,7 @@ def sample_codec_video(
     finally:
         container.close()
     if config.score_source == "bitcost":
+        check_deadline(deadline, config, name, "before reading bit-costs")
         cell_maps = bitcost_cell_maps(source, sorted(frames), index.codec, config.bitcost_grid, name)
         missing = [frame_id for frame_id in frames if frame_id not in cell_maps]
         if missing:
@@ -681,7 +749,7 @@ def select_and_pack(
         "patch": config.patch,
         "merge": config.merge,
         "warnings": warnings,
-        "cache": "miss" if config.cache_dir else "off",
+        "cache": "miss" if config.cache_root else "off",
     }
     return CodecSample(
         canvases=np.concatenate(canvases),

@@ -7,11 +7,15 @@ those of transformers' `Qwen2VLImageProcessor` with patch 14, merge 2 and tempor
 
 import os
 
+import numpy as np
 import PIL.Image
 import torch
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_transforms import group_images_by_shape, reorder_images
+from transformers.image_transforms import normalize as normalize_array
+from transformers.image_transforms import rescale as rescale_array
+from transformers.image_transforms import resize as resize_array
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict, load_image
 from transformers.processing_utils import ImagesKwargs
 
@@ -26,6 +30,10 @@ from .vision_layout_llava_onevision2 import (
 # Release defaults: at least 256 tokens' worth of pixels (256 * 28 * 28), at most 2000 x 2000.
 DEFAULT_MIN_PIXELS = 256 * 28 * 28
 DEFAULT_MAX_PIXELS = 2000 * 2000
+# "pil": PIL bicubic resize and numpy normalisation, bit-identical to the `Qwen2VLImageProcessorPil` path the released
+# processor uses. "torchvision": batched tensor resize; faster on large images, differs by up to ~0.03 after
+# normalisation (measured in tests/test_release_compat.py and bench/image_bench.py).
+RESIZE_BACKENDS = ("pil", "torchvision")
 
 
 class LlavaOnevision2ImagesKwargs(ImagesKwargs, total=False):
@@ -35,6 +43,7 @@ class LlavaOnevision2ImagesKwargs(ImagesKwargs, total=False):
     patch_size (`int`): ViT patch size (14).
     merge_size (`int`): spatial merge of the patch merger (2); sides become multiples of patch_size * merge_size.
     temporal_patch_size (`int`): must be 1 for this model.
+    resize_backend (`str`): "pil" (default; equals the released processor) or "torchvision" (faster, not bit-equal).
     """
 
     min_pixels: int
@@ -42,6 +51,7 @@ class LlavaOnevision2ImagesKwargs(ImagesKwargs, total=False):
     patch_size: int
     merge_size: int
     temporal_patch_size: int
+    resize_backend: str
 
 
 def image_size_error(image, name: str) -> ValueError | None:
@@ -63,6 +73,12 @@ def image_size_error(image, name: str) -> ValueError | None:
     return None
 
 
+def check_resize_backend(name: str) -> str:
+    if name not in RESIZE_BACKENDS:
+        raise ValueError(f"resize_backend must be one of {RESIZE_BACKENDS}, got {name!r}.")
+    return name
+
+
 class LlavaOnevision2ImageProcessor(PixelBudgetMixin, TorchvisionBackend):
     do_resize = True
     resample = PILImageResampling.BICUBIC
@@ -76,6 +92,7 @@ class LlavaOnevision2ImageProcessor(PixelBudgetMixin, TorchvisionBackend):
     patch_size = 14
     merge_size = 2
     temporal_patch_size = 1
+    resize_backend = "pil"
     valid_kwargs = LlavaOnevision2ImagesKwargs
     model_input_names = ["pixel_values", "image_grid_thw", "patch_positions"]
 
@@ -83,6 +100,7 @@ class LlavaOnevision2ImageProcessor(PixelBudgetMixin, TorchvisionBackend):
         super().__init__(**kwargs)
         if self.temporal_patch_size != 1:
             raise ValueError(f"LLaVA-OneVision-2 uses temporal_patch_size=1, got {self.temporal_patch_size}.")
+        check_resize_backend(self.resize_backend)
 
     def fetch_images(self, image_url_or_urls):
         """Load paths / URLs with PIL (which enforces its decompression-bomb limit), naming the file on failure."""
@@ -101,10 +119,63 @@ class LlavaOnevision2ImageProcessor(PixelBudgetMixin, TorchvisionBackend):
             raise ValueError(f"Could not read image {source}: {error}") from error
 
     def resize_for_model(self, images: torch.Tensor, size: SizeDict, resample, factor: int) -> torch.Tensor:
-        """Resize a stack of same-sized images to the `smart_resize` target for this pixel budget."""
+        """Resize a stack of same-sized images to the `smart_resize` target for this pixel budget (torchvision)."""
         height, width = images.shape[-2:]
         target_h, target_w = smart_resize(height, width, factor, size.shortest_edge, size.longest_edge)
         return self.resize(images, size=SizeDict(height=target_h, width=target_w), resample=resample)
+
+    @staticmethod
+    def pil_resize_and_normalize(
+        image: torch.Tensor, target: tuple[int, int] | None, resample, rescale_factor, image_mean, image_std
+    ) -> torch.Tensor:
+        """One `[C, H, W]` image through the PIL path: PIL resize of the 8-bit image, then numpy rescale/normalise.
+
+        The same functions and order as `Qwen2VLImageProcessorPil`, so the result is bit-identical to it.
+        `target` None skips the resize; a None factor or mean skips that step.
+        """
+        array = image.numpy()
+        if target is not None and tuple(array.shape[-2:]) != target:
+            array = resize_array(
+                array, target, resample=resample, data_format="channels_first", input_data_format="channels_first"
+            )
+        if rescale_factor is not None:
+            array = rescale_array(
+                array, rescale_factor, data_format="channels_first", input_data_format="channels_first"
+            )
+        if image_mean is not None:
+            array = normalize_array(
+                array, image_mean, image_std, data_format="channels_first", input_data_format="channels_first"
+            )
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+    def pil_stack(
+        self,
+        stack: torch.Tensor,
+        do_resize,
+        size,
+        resample,
+        factor,
+        do_rescale,
+        rescale_factor,
+        do_normalize,
+        image_mean,
+        image_std,
+    ) -> torch.Tensor:
+        """A stack of same-sized images through `pil_resize_and_normalize`, one image at a time."""
+        target = smart_resize(*stack.shape[-2:], factor, size.shortest_edge, size.longest_edge) if do_resize else None
+        return torch.stack(
+            [
+                self.pil_resize_and_normalize(
+                    image,
+                    target,
+                    resample,
+                    rescale_factor if do_rescale else None,
+                    image_mean if do_normalize else None,
+                    image_std,
+                )
+                for image in stack
+            ]
+        )
 
     def _preprocess(
         self,
@@ -121,17 +192,36 @@ class LlavaOnevision2ImageProcessor(PixelBudgetMixin, TorchvisionBackend):
         merge_size: int,
         disable_grouping: bool | None = None,
         return_tensors=None,
+        resize_backend: str | None = None,
         **kwargs,
     ) -> BatchFeature:
+        backend = check_resize_backend(resize_backend or self.resize_backend)
         for index, image in enumerate(images):
             if (error := image_size_error(image, f"Image {index}")) is not None:
                 raise error
         grouped, group_index = group_images_by_shape(images, disable_grouping=disable_grouping)
         processed_rows, processed_grids = {}, {}
+        factor = patch_size * merge_size
         for shape, stack in grouped.items():
-            if do_resize:
-                stack = self.resize_for_model(stack, size, resample, factor=patch_size * merge_size)
-            stack = self.rescale_and_normalize(stack, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+            if backend == "pil":
+                stack = self.pil_stack(
+                    stack,
+                    do_resize,
+                    size,
+                    resample,
+                    factor,
+                    do_rescale,
+                    rescale_factor,
+                    do_normalize,
+                    image_mean,
+                    image_std,
+                )
+            else:
+                if do_resize:
+                    stack = self.resize_for_model(stack, size, resample, factor=factor)
+                stack = self.rescale_and_normalize(
+                    stack, do_rescale, rescale_factor, do_normalize, image_mean, image_std
+                )
             grid_h, grid_w = stack.shape[-2] // patch_size, stack.shape[-1] // patch_size
             rows = patchify(stack, patch_size, merge_size).view(len(stack), grid_h * grid_w, -1)
             processed_rows[shape] = list(rows)

@@ -2,7 +2,9 @@
 
 - `index_video_stream` demuxes packets once (no decoding) to get every frame's presentation time and the keyframes.
   This is exact for variable frame rate and does not trust the container's frame count.
-- `sample_frame_indices` picks frames uniformly in time, by target fps or count, capped by `max_frames`.
+- `sample_frame_indices` picks frames uniformly in time, by target fps or count, capped by `max_frames`; without
+  either it follows the released processor (`released_frame_count`: 8 frames under 10 s, 16 under 30 s, else
+  `max_frames`, at `round(linspace(0, n - 1, count))` for constant frame rate).
 - `decode_frames` walks the wanted frames in order: it keeps decoding forward inside a GOP and seeks to the next
   keyframe when the next wanted frame lies in a later GOP, so sparse sampling never decodes the whole file. Only the
   wanted frames are converted to RGB, and only those are kept: memory follows the number of sampled frames.
@@ -18,8 +20,9 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 
-import av
 import numpy as np
+
+# PyAV is imported inside the functions that decode, so that image-only users of the processors never load it.
 
 
 def describe_source(source) -> str:
@@ -32,6 +35,8 @@ def describe_source(source) -> str:
 
 def open_video(source):
     """Open a path, bytes or a binary file-like object with PyAV; errors name the source."""
+    import av
+
     name = describe_source(source)
     if isinstance(source, (str, os.PathLike)):
         if not os.path.exists(source):
@@ -75,6 +80,7 @@ class VideoStreamIndex:
     height: int
     codec: str
     declared_duration: float | None
+    average_rate: float | None = None
 
     @property
     def num_frames(self) -> int:
@@ -101,9 +107,16 @@ class VideoStreamIndex:
     def fps(self) -> float:
         return self.num_frames / self.duration if self.duration > 0 else 0.0
 
+    @property
+    def released_duration(self) -> float:
+        """Duration as the released processor measures it: frame count over the stream's average frame rate."""
+        return self.num_frames / self.average_rate if self.average_rate else self.duration
+
 
 def index_video_stream(container, name: str) -> VideoStreamIndex:
     """Demux every packet of the first video stream (no decoding) into a `VideoStreamIndex`."""
+    import av
+
     stream = container.streams.video[0]
     pts, keyframe, sizes = [], [], []
     try:
@@ -130,7 +143,27 @@ def index_video_stream(container, name: str) -> VideoStreamIndex:
         height=stream.codec_context.height,
         codec=stream.codec_context.name,
         declared_duration=declared,
+        average_rate=float(stream.average_rate) if stream.average_rate else None,
     )
+
+
+def released_frame_count(duration: float, max_frames: int | None) -> int:
+    """How many frames the released processor samples when neither a rate nor a count is given."""
+    if duration < 10:
+        return 8
+    if duration < 30:
+        return 16
+    if max_frames is None:
+        raise ValueError("The released frame-count rule needs max_frames for videos of 30 s or more.")
+    return max_frames
+
+
+def is_constant_rate(timestamps: np.ndarray, tolerance: float = 0.01) -> bool:
+    """Whether the frame spacing is uniform (within `tolerance` of the median spacing)."""
+    if len(timestamps) < 3:
+        return True
+    spacing = np.diff(timestamps)
+    return float(np.ptp(spacing)) <= tolerance * float(np.median(spacing))
 
 
 def sample_frame_indices(
@@ -139,24 +172,32 @@ def sample_frame_indices(
     fps: float | None = None,
     num_frames: int | None = None,
     max_frames: int | None = None,
+    keep_all: bool = False,
 ) -> list[int]:
     """Indices of frames spread uniformly in time.
 
-    The count is `num_frames`, else `floor(duration * fps)` (at least 1), capped by `max_frames` and by the number
-    of frames. Targets are evenly spaced from the first to the last frame's time; each takes the nearest frame.
+    The count is `num_frames`, else `floor(duration * fps)` (at least 1), else every frame with `keep_all`, else
+    `released_frame_count(duration, max_frames)`; capped by `max_frames` and by the number of frames. Targets are
+    evenly spaced from the first to the last frame: at constant frame rate `round(linspace(0, n - 1, count))` (what
+    the released processor picks), otherwise the frame nearest each evenly spaced time.
     """
     available = len(timestamps)
     if num_frames is not None:
         count = num_frames
     elif fps is not None:
         count = max(1, int(duration * fps))
-    else:
+    elif keep_all:
         count = available
+    else:
+        count = released_frame_count(duration, max_frames)
     if max_frames is not None:
         count = min(count, max_frames)
     count = max(1, min(count, available))
     if count == available:
         return list(range(available))
+    if is_constant_rate(timestamps):
+        # numpy rounds halves to even, like the released processor's torch.round.
+        return sorted(set(np.round(np.linspace(0, available - 1, count)).astype(int).tolist()))
     targets = np.linspace(timestamps[0], timestamps[-1], count)
     nearest = np.clip(np.searchsorted(timestamps, targets), 1, available - 1)
     earlier_is_closer = (targets - timestamps[nearest - 1]) <= (timestamps[nearest] - targets)
@@ -223,6 +264,8 @@ def decode_frames(
 
 def next_frame_at_or_after(decoder, index: VideoStreamIndex, target: int, name: str, stats: DecodeStats):
     """Pull frames from `decoder` until one at or after position `target`; None when the stream ends first."""
+    import av
+
     try:
         for frame in decoder:
             stats.frames_decoded += 1
@@ -259,6 +302,7 @@ def read_video(
     num_frames: int | None = None,
     max_frames: int | None = None,
     allow_truncated: bool = False,
+    keep_all: bool = False,
 ) -> DecodedClip:
     """Open, index, sample and decode one video. See the module docstring for the strategy."""
     name = describe_source(source)
@@ -266,7 +310,8 @@ def read_video(
     try:
         index = index_video_stream(container, name)
         check_complete(index, name, allow_truncated)
-        wanted = sample_frame_indices(index.timestamps, index.duration, fps, num_frames, max_frames)
+        duration = index.duration if fps is not None else index.released_duration
+        wanted = sample_frame_indices(index.timestamps, duration, fps, num_frames, max_frames, keep_all)
         frames, positions, frames_decoded = decode_frames(container, index, wanted, name)
     finally:
         container.close()
@@ -305,5 +350,6 @@ __all__ = [
     "iter_frames",
     "open_video",
     "read_video",
+    "released_frame_count",
     "sample_frame_indices",
 ]

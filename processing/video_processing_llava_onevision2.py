@@ -8,6 +8,10 @@ training format, or `T` rows of `[1, h, w]` in the evaluated format, so that eac
 Inputs: file paths, bytes, binary file objects, or frames already decoded (a list of PIL images or a `[T, H, W, C]`
 array). Decoded frames are taken as sampled at the `fps` given in `video_metadata`; without it they are kept as
 they are (up to `max_frames`) and stamped at one frame per second.
+
+Defaults follow the released processor: 8 frames for clips under 10 s, 16 under 30 s, else `max_frames` (384);
+each frame resized within 200,704-1,605,632 pixels (multiples of 28); no frame repeated. `fps`, `num_frames`,
+`total_pixels` and `pad_to_even_frames` are explicit overrides.
 """
 
 import os
@@ -37,14 +41,21 @@ class LlavaOnevision2VideosKwargs(VideosKwargs, total=False):
     r"""
     min_pixels / max_pixels (`int`): area bounds per frame after resizing.
     total_pixels (`int`, *optional*): budget over all frames of a video; lowers the per-frame maximum.
-    max_frames (`int`): upper bound on sampled frames.
-    pad_to_even_frames (`bool`): repeat the last frame when the count is odd (what the evaluation front-end did).
+    fps (`float`, *optional*): sample at this rate (capped by `max_frames`) instead of the released count rule.
+    num_frames (`int`, *optional*): sample exactly this many frames (capped by `max_frames`).
+    max_frames (`int`): upper bound on sampled frames (384, the released default).
+    pad_to_even_frames (`bool`): repeat the last frame when the count is odd (what lmms-eval's frame path does; off
+        by default, as in the released processor).
     video_format (`str`): "evaluated" (each frame its own grid row, no newline between frame blocks) or
         "training" (one multi-frame grid row, a newline after each frame block).
     temporal_positions (`str`): "frame_index" (t = source frame index) or "zero" (t = 0, as at evaluation).
     video_backend (`str`): "frames" (decode sampled frames) or "codec" (codec-aligned canvases, see
         `codec_sampling_llava_onevision2`); samplers are registered in `video_backends`.
-    codec_config (`dict`): overrides of `CodecSamplingConfig` for the codec back-end (the released "codec" block).
+    codec_config (`dict`): overrides of `CodecSamplingConfig` for the codec back-end, in the released "codec" block's
+        key names (`target_canvas, group_size, images_per_group, patch, max_pixels, min_group_frames,
+        max_group_frames, spatial_mask_mode, cache_root, timeout`, plus this implementation's own). Precedence: the
+        processor's saved block < this argument < a call-level `max_pixels`, which sets the canvas pixel budget as
+        in the released processor.
     allow_truncated (`bool`): accept files whose frames end well before their declared duration.
     patch_size / merge_size / temporal_patch_size (`int`): vision geometry (14 / 2 / 1).
     """
@@ -127,6 +138,15 @@ def frames_to_array(frames, name: str) -> np.ndarray:
     return array
 
 
+def codec_config_for_saving(codec_config: dict | None) -> dict | None:
+    """The processor's default codec block, checked now (unknown keys and bad values fail at load, naming the
+    accepted keys) and kept JSON-ready (`cache_root` may be a `pathlib.Path`)."""
+    if not codec_config:
+        return None
+    CodecSamplingConfig.from_mapping(codec_config)
+    return {key: os.fspath(value) if isinstance(value, os.PathLike) else value for key, value in codec_config.items()}
+
+
 class LlavaOnevision2VideoProcessor(PixelBudgetMixin, BaseVideoProcessor):
     resample = PILImageResampling.BICUBIC
     size = {"shortest_edge": 256 * 28 * 28, "longest_edge": 2048 * 28 * 28}
@@ -140,11 +160,11 @@ class LlavaOnevision2VideoProcessor(PixelBudgetMixin, BaseVideoProcessor):
     patch_size = 14
     merge_size = 2
     temporal_patch_size = 1
-    fps = 1.0
+    fps = None
     num_frames = None
-    max_frames = 32
+    max_frames = 384
     total_pixels = None
-    pad_to_even_frames = True
+    pad_to_even_frames = False
     video_format = "evaluated"
     temporal_positions = "frame_index"
     video_backend = "frames"
@@ -155,6 +175,11 @@ class LlavaOnevision2VideoProcessor(PixelBudgetMixin, BaseVideoProcessor):
     model_input_names = ["pixel_values_videos", "video_grid_thw", "video_patch_positions"]
     # Sampling back-ends by name -> method returning (pixel rows, grid rows, positions, metadata) for one video.
     video_backends: ClassVar[dict[str, str]] = {"frames": "frames_inputs", "codec": "codec_inputs"}
+
+    def __init__(self, **kwargs):
+        codec_config = kwargs.pop("codec_config", None)
+        super().__init__(**kwargs)
+        self.codec_config = codec_config_for_saving(codec_config)
 
     # -- settings --------------------------------------------------------------------------------------------------
 
@@ -167,6 +192,7 @@ class LlavaOnevision2VideoProcessor(PixelBudgetMixin, BaseVideoProcessor):
         bounds = dict(kwargs.get("size") or self.size)
         settings["min_pixels"] = kwargs.get("min_pixels", bounds["shortest_edge"])
         settings["max_pixels"] = kwargs.get("max_pixels", bounds["longest_edge"])
+        settings["call_max_pixels"] = kwargs.get("max_pixels")
         if settings["video_format"] not in VIDEO_FORMATS:
             raise ValueError(f"video_format must be one of {VIDEO_FORMATS}, got {settings['video_format']!r}.")
         if settings["temporal_positions"] not in TEMPORAL_POSITIONS:
@@ -190,14 +216,15 @@ class LlavaOnevision2VideoProcessor(PixelBudgetMixin, BaseVideoProcessor):
             fps=settings["fps"] if settings["do_sample_frames"] else None,
             num_frames=settings["num_frames"] if settings["do_sample_frames"] else None,
             max_frames=settings["max_frames"],
+            keep_all=not settings["do_sample_frames"],
         )
         if not (isinstance(video, (np.ndarray, torch.Tensor)) or isinstance(video, (list, tuple))):
             return read_video(video, allow_truncated=settings["allow_truncated"], **sampling)
         frames = frames_to_array(video, name)
         known_fps = (metadata or {}).get("fps") if metadata is not None else None
         if not known_fps:
-            # No clock: keep the frames as given (capped) and stamp them one second apart.
-            sampling.update(fps=None)
+            # No clock: keep the frames as given (capped) and stamp them one second apart, as the release does.
+            sampling.update(fps=None, keep_all=True)
             known_fps = FRAMES_WITHOUT_METADATA_FPS
         timestamps = np.arange(len(frames)) / known_fps
         duration = len(frames) / known_fps
@@ -225,10 +252,10 @@ class LlavaOnevision2VideoProcessor(PixelBudgetMixin, BaseVideoProcessor):
             timestamps.append(timestamps[-1])
         patch, merge = settings["patch_size"], settings["merge_size"]
         factor = patch * merge
-        max_pixels = settings["max_pixels"]
+        min_pixels, max_pixels = settings["min_pixels"], settings["max_pixels"]
         if settings["total_pixels"]:
             max_pixels = max(factor * factor, min(max_pixels, settings["total_pixels"] // len(frames)))
-        min_pixels = min(settings["min_pixels"], max_pixels)
+            min_pixels = min(min_pixels, max_pixels)
         height, width = smart_resize(frames.shape[-2], frames.shape[-1], factor, min_pixels, max_pixels)
         if settings["do_resize"]:
             frames = self.resize(frames, size=SizeDict(height=height, width=width), resample=settings["resample"])
@@ -275,14 +302,17 @@ class LlavaOnevision2VideoProcessor(PixelBudgetMixin, BaseVideoProcessor):
                 f"{name}: codec sampling reads the compressed stream; pass a path, bytes or a binary file, not "
                 "decoded frames (use video_backend='frames' for those)."
             )
-        values = {
-            "patch": settings["patch_size"],
-            "merge": settings["merge_size"],
-            "allow_truncated": settings["allow_truncated"],
-            **(self.codec_config or {}),
-            **(settings["codec_config"] or {}),
-        }
-        config = CodecSamplingConfig(**values)
+        config = CodecSamplingConfig.from_mapping(
+            {
+                "patch": settings["patch_size"],
+                "merge": settings["merge_size"],
+                "allow_truncated": settings["allow_truncated"],
+            },
+            self.codec_config,
+            settings["codec_config"],
+            # As in the released processor, a call-level max_pixels is the canvas pixel budget.
+            {"max_pixels": settings["call_max_pixels"]} if settings["call_max_pixels"] is not None else None,
+        )
         if (config.patch, config.merge) != (settings["patch_size"], settings["merge_size"]):
             raise ValueError(
                 f"codec_config patch/merge {config.patch}/{config.merge} differ from the processor's "

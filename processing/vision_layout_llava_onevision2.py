@@ -32,6 +32,10 @@ def smart_resize(
     """
     if min(height, width) <= 0:
         raise ValueError(f"Image size must be positive, got {height}x{width}.")
+    if min_pixels > max_pixels:
+        raise ValueError(
+            f"min_pixels ({min_pixels}) exceeds max_pixels ({max_pixels}); lower min_pixels or raise max_pixels."
+        )
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
         raise ValueError(
             f"Image aspect ratio {max(height, width) / min(height, width):.1f} ({height}x{width}) exceeds "
@@ -101,35 +105,73 @@ def merged_token_count(grid_row: Sequence[int] | torch.Tensor, merge_size: int) 
     return t * h * w // merge_size**2
 
 
+def pixel_bounds(size, min_pixels: int | None = None, max_pixels: int | None = None) -> dict:
+    """`{"shortest_edge": min, "longest_edge": max}` from a size mapping and optional explicit bounds.
+
+    Older Qwen2-VL configs spell the bounds `size = {"min_pixels", "max_pixels"}`; both spellings are read. Explicit
+    bounds win over `size`. Raises when a bound is missing or not a positive integer. The order of the two is checked
+    where they are used (`smart_resize`), so that they can be assigned one after the other in either order.
+    """
+    size = dict(size or {})
+    bounds = {
+        "shortest_edge": size.get("shortest_edge", size.get("min_pixels")),
+        "longest_edge": size.get("longest_edge", size.get("max_pixels")),
+    }
+    if min_pixels is not None:
+        bounds["shortest_edge"] = min_pixels
+    if max_pixels is not None:
+        bounds["longest_edge"] = max_pixels
+    for key, name in (("shortest_edge", "min_pixels"), ("longest_edge", "max_pixels")):
+        value = bounds[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or value != int(value):
+            raise ValueError(f"{name} must be a positive integer number of pixels, got {value!r}.")
+        bounds[key] = int(value)
+    return bounds
+
+
 class PixelBudgetMixin:
-    """`min_pixels` / `max_pixels` (the names released configs use) as the two bounds of an image/video processor's
-    `size = {"shortest_edge": min, "longest_edge": max}`, at construction and at call time."""
+    """`min_pixels` / `max_pixels` (the names released configs and lmms-eval use) as the two bounds of an image/video
+    processor's `size = {"shortest_edge": min, "longest_edge": max}`: at construction, at call time, as settable
+    attributes (`processor.image_processor.max_pixels = ...` changes the budget of later calls) and in the saved
+    config. `size` stays the single stored value, so the two spellings cannot disagree."""
 
     def __init__(self, **kwargs):
-        size = dict(kwargs.pop("size", None) or self.size)
-        if (min_pixels := kwargs.pop("min_pixels", None)) is not None:
-            size["shortest_edge"] = min_pixels
-        if (max_pixels := kwargs.pop("max_pixels", None)) is not None:
-            size["longest_edge"] = max_pixels
+        size = pixel_bounds(
+            kwargs.pop("size", None) or self.size, kwargs.pop("min_pixels", None), kwargs.pop("max_pixels", None)
+        )
         super().__init__(size=size, **kwargs)
 
     @property
     def min_pixels(self) -> int:
         return self.size["shortest_edge"]
 
+    @min_pixels.setter
+    def min_pixels(self, value: int) -> None:
+        self.size = SizeDict(**pixel_bounds(self.size, min_pixels=value))
+
     @property
     def max_pixels(self) -> int:
         return self.size["longest_edge"]
 
+    @max_pixels.setter
+    def max_pixels(self, value: int) -> None:
+        self.size = SizeDict(**pixel_bounds(self.size, max_pixels=value))
+
+    def to_dict(self) -> dict:
+        # Written next to `size` for tools that read the released key names from preprocessor_config.json.
+        return {**super().to_dict(), "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
+
     def _standardize_kwargs(self, size=None, min_pixels: int | None = None, max_pixels: int | None = None, **kwargs):
         if min_pixels is not None or max_pixels is not None:
-            bounds = dict(size) if size is not None else dict(self.size)
-            if min_pixels is not None:
-                bounds["shortest_edge"] = min_pixels
-            if max_pixels is not None:
-                bounds["longest_edge"] = max_pixels
-            size = SizeDict(**bounds)
+            size = SizeDict(**pixel_bounds(size if size is not None else self.size, min_pixels, max_pixels))
         return super()._standardize_kwargs(size=size, **kwargs)
 
 
-__all__ = ["PixelBudgetMixin", "block_layout_positions", "merged_token_count", "patchify", "smart_resize"]
+__all__ = [
+    "PixelBudgetMixin",
+    "pixel_bounds",
+    "block_layout_positions",
+    "merged_token_count",
+    "patchify",
+    "smart_resize",
+]

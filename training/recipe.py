@@ -16,6 +16,7 @@ data:
   video_max_pixels: 401408            # per frame
   video_backend: frames               # or codec
   video_format: training
+  video_fps: 1.0                      # frames per second (None: the released count-by-duration rule)
   packing: true
 trainable: [vision, merger, llm]      # parts that learn (ignored with LoRA, which trains its adapters)
 learning_rates: {vision: 2.0e-6, merger: 1.0e-5, llm: 1.0e-5}
@@ -54,6 +55,7 @@ class DataSection:
     video_max_pixels: int = 401_408
     video_backend: str = "frames"
     video_format: str = "training"
+    video_fps: float | None = 1.0  # the released training frames were extracted at 1 fps (capped by max_frames)
     packing: bool = False
     seed: int = 0
 

@@ -86,6 +86,7 @@ def load_processor(recipe: Recipe):
     path = recipe.model.processor or recipe.model.name_or_path
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
     processor.video_processor.video_format = recipe.data.video_format
+    processor.video_processor.fps = recipe.data.video_fps
     return processor
 
 
