@@ -44,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     pair.add_argument("output")
     pair.add_argument("--spatial-merge-size", type=int, default=2)
     pair.add_argument("--processor")
+    pair.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: the language model's")
+    pair.add_argument("--max-shard-size", type=int, default=5 * 1024**3, help="bytes per output shard")
 
     demo = commands.add_parser("demo", help="video -> codec sampling -> model -> answer + PNG")
     demo.add_argument("--model", default=os.environ.get("MODEL") or None)
@@ -87,18 +89,27 @@ def main(argv=None) -> int:
         )
         print(format_plan(plan))
     elif args.command == "convert":
+        import torch
+
         from .convert import convert_encoder_plus_llm, convert_release
 
-        if args.kind == "release":
-            report = convert_release(args.source, args.output, link=args.link)
-        else:
-            report = convert_encoder_plus_llm(
-                args.encoder,
-                args.llm,
-                args.output,
-                spatial_merge_size=args.spatial_merge_size,
-                processor=args.processor,
-            )
+        try:
+            if args.kind == "release":
+                report = convert_release(args.source, args.output, link=args.link)
+            else:
+                report = convert_encoder_plus_llm(
+                    args.encoder,
+                    args.llm,
+                    args.output,
+                    spatial_merge_size=args.spatial_merge_size,
+                    processor=args.processor,
+                    dtype=getattr(torch, args.dtype) if args.dtype else None,
+                    max_shard_size=args.max_shard_size,
+                )
+        except (FileNotFoundError, FileExistsError, ValueError) as error:
+            # Bad input: the message names the folder and the fix; nothing was written.
+            print(f"convert {args.kind}: {error}", file=sys.stderr)
+            return 2
         print(json.dumps(report, indent=2))
     else:
         from .demo import DEFAULT_CACHE, run_demo

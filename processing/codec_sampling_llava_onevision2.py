@@ -47,6 +47,7 @@ from .video_decoding_llava_onevision2 import (
     describe_source,
     index_video_stream,
     iter_frames,
+    load_av,
     open_video,
 )
 from .vision_layout_llava_onevision2 import smart_resize
@@ -489,12 +490,10 @@ def decode_candidates(
     container, index, candidate_ids: list[int], config: CodecSamplingConfig, name: str, progress, deadline: float
 ):
     """One pass: canvas-size RGB of each candidate and its cell score map (needs the frame before it)."""
-    from av.video.reformatter import VideoReformatter  # PyAV loads only when a video is sampled
-
     predecessors = {c - 1 for c in candidate_ids if c > 0} if config.score_source == "framediff" else set()
     wanted = sorted(set(candidate_ids) | predecessors)
     candidate_set = set(candidate_ids)
-    reformatter = VideoReformatter()
+    reformatter = load_av().video.reformatter.VideoReformatter()
     stats = DecodeStats()
     frames, pending, geometry = {}, {}, None
     previous_position, previous_luma = None, None

@@ -22,7 +22,15 @@ from fractions import Fraction
 
 import numpy as np
 
-# PyAV is imported inside the functions that decode, so that image-only users of the processors never load it.
+
+def load_av():
+    """PyAV, imported on first use so that image-only users never need it. (Inside `try` on purpose: transformers'
+    remote-code loader requires every import it finds outside one to be installed.)"""
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError("Reading videos needs PyAV: pip install av") from error
+    return av
 
 
 def describe_source(source) -> str:
@@ -35,7 +43,7 @@ def describe_source(source) -> str:
 
 def open_video(source):
     """Open a path, bytes or a binary file-like object with PyAV; errors name the source."""
-    import av
+    av = load_av()
 
     name = describe_source(source)
     if isinstance(source, (str, os.PathLike)):
@@ -115,7 +123,7 @@ class VideoStreamIndex:
 
 def index_video_stream(container, name: str) -> VideoStreamIndex:
     """Demux every packet of the first video stream (no decoding) into a `VideoStreamIndex`."""
-    import av
+    av = load_av()
 
     stream = container.streams.video[0]
     pts, keyframe, sizes = [], [], []
@@ -264,7 +272,7 @@ def decode_frames(
 
 def next_frame_at_or_after(decoder, index: VideoStreamIndex, target: int, name: str, stats: DecodeStats):
     """Pull frames from `decoder` until one at or after position `target`; None when the stream ends first."""
-    import av
+    av = load_av()
 
     try:
         for frame in decoder:
@@ -348,6 +356,7 @@ __all__ = [
     "decode_frames",
     "index_video_stream",
     "iter_frames",
+    "load_av",
     "open_video",
     "read_video",
     "released_frame_count",

@@ -253,10 +253,26 @@ def budget_ladder(max_pixels: int, max_frames: int, video_max_pixels: int, steps
     return ladder
 
 
+def assistant_mask_template(processor) -> str | None:
+    """The template that marks assistant turns: a converted release keeps the released template as "default" and
+    this project's, which has `{% generation %}` markers, as "training"."""
+    templates = processor.chat_template
+    if isinstance(templates, dict) and "training" in templates:
+        return "training"
+    template = templates.get("default") if isinstance(templates, dict) else templates
+    if template is None or "generation %}" not in template:
+        raise ValueError(
+            "The processor's chat template has no {% generation %} markers, so assistant tokens cannot be labelled; "
+            "add a template named 'training' (hub_upload convert does) or use this project's CHAT_TEMPLATE."
+        )
+    return None
+
+
 def encode_conversation(processor, messages: list[dict], budget: Budget, video_backend: str) -> dict:
     """Tokenise one conversation with its media; labels only on assistant tokens (incl. the closing <|im_end|>)."""
     outputs = processor.apply_chat_template(
         messages,
+        chat_template=assistant_mask_template(processor),
         tokenize=True,
         return_dict=True,
         return_assistant_tokens_mask=True,
