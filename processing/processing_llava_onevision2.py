@@ -90,12 +90,24 @@ class LlavaOnevision2Processor(ProcessorMixin):
             + r"\s*"
             + re.escape(self.vision_end_token)
         )
+        self._wrapped_video_and_newline = re.compile(self._wrapped_video.pattern + r"\n?")
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         images, text, videos, audio = super().prepare_inputs_layout(images, text, videos, audio, **kwargs)
         if text is not None:
-            text = [self._wrapped_video.sub(self.video_token, sample) for sample in text]
+            # Codec runs each end with a newline, which replaces the one after the placeholder (as released).
+            wrapped = self._wrapped_video_and_newline if self.video_backend(kwargs) == "codec" else self._wrapped_video
+            text = [wrapped.sub(self.video_token, sample) for sample in text]
         return images, text, videos, audio
+
+    def video_backend(self, call_kwargs: dict) -> str:
+        """The video backend a call uses: its own argument, else its videos_kwargs, else the video processor's."""
+        videos_kwargs = call_kwargs.get("videos_kwargs") or {}
+        return (
+            call_kwargs.get("video_backend")
+            or videos_kwargs.get("video_backend")
+            or self.video_processor.video_backend
+        )
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """Videos may be paths, bytes or file objects, which the generic check cannot count; count them here."""

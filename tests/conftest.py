@@ -6,10 +6,19 @@ The tiny model still reaches every path: head_dim 32 (the smallest the 4:6:6 rot
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
 from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
+
+# Codec sampling caches under the released default root unless told otherwise; keep test runs out of ~/.cache.
+os.environ.setdefault("ONLINE_CODEC_CACHE_DIR", tempfile.mkdtemp(prefix="ov2-test-codec-cache-"))
 
 PAD, BOS, EOS, VISION_START, VISION_END, IMAGE, VIDEO = 0, 1, 2, 3, 4, 5, 6
 MERGE = 2
@@ -86,6 +95,12 @@ def prompt(*segments) -> list[int]:
     return ids
 
 
+@pytest.fixture(autouse=True)
+def codec_cache_per_test(monkeypatch, tmp_path_factory):
+    """Each test samples into its own codec cache, so no test sees another's results."""
+    monkeypatch.setenv("ONLINE_CODEC_CACHE_DIR", str(tmp_path_factory.mktemp("codec-cache")))
+
+
 @pytest.fixture
 def model():
     return tiny_model()
@@ -106,3 +121,87 @@ def tiny_tokenizer():
     from llava_onevision2.training.toy import build_tokenizer
 
     return build_tokenizer(CORPUS)
+
+
+# -- checkpoint folders ---------------------------------------------------------------------------------------------
+
+
+def tiny_overrides(processor) -> dict:
+    tokenizer = processor.tokenizer
+    return {
+        "vision_config": {
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "patch_size": 8,
+            "out_hidden_size": 64,
+        },
+        "text_config": {
+            "model_type": "qwen3",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        "image_token_id": processor.image_token_id,
+        "video_token_id": processor.video_token_id,
+        "vision_start_token_id": processor.vision_start_token_id,
+        "vision_end_token_id": processor.vision_end_token_id,
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A trained-checkpoint-like folder: tiny random model plus the toy processor."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    from llava_onevision2.training.toy import build_toy_processor
+
+    processor = build_toy_processor(str(folder))
+    torch.manual_seed(0)
+    model = LlavaOnevision2ForConditionalGeneration._from_config(LlavaOnevision2Config(**tiny_overrides(processor)))
+    model.save_pretrained(folder)
+    return folder
+
+
+def released_layout(checkpoint: Path, folder: Path) -> Path:
+    """A folder as the release ships it: release weight names, upstream config and preprocessor config."""
+    folder.mkdir()
+    shutil.copy2(checkpoint / "model.safetensors", folder / "model.safetensors")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(checkpoint / name, folder / name)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "configuration_llava_onevision2.LlavaOnevision2Config",
+        "AutoModelForImageTextToText": "modeling_llava_onevision2.LlavaOnevision2ForConditionalGeneration",
+    }
+    config["vision_config"]["model_type"] = "llava_onevision2"  # the pre-2026-04-30 spelling
+    config["vision_config"]["use_patch_position_encoding"] = False
+    config["vision_config"]["rope_theta"] = 10000  # an int, as some writers emit it
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "Qwen2VLImageProcessor",
+                "patch_size": 8,
+                "merge_size": 2,
+                "temporal_patch_size": 1,
+                "min_pixels": 4096,
+                "max_pixels": 8192,
+                "codec": {
+                    "target_canvas": 16,
+                    "group_size": 32,
+                    "images_per_group": 4,
+                    "max_pixels": 150000,
+                    "spatial_mask_mode": "off",
+                    "cache_root": "/tmp",
+                },
+            }
+        )
+    )
+    return folder

@@ -23,7 +23,7 @@ from llava_onevision2.processing.video_processing_llava_onevision2 import LlavaO
 from llava_onevision2.processing.vision_layout_llava_onevision2 import merged_token_count
 
 SMALL = CodecSamplingConfig(
-    target_canvas=8, group_size=16, max_pixels=320 * 192, min_group_frames=8, max_group_frames=16
+    target_canvas=8, group_size=16, max_pixels=320 * 192, min_group_frames=8, max_group_frames=16, cache_root=None
 )
 
 
@@ -95,13 +95,13 @@ def test_deterministic_and_cached(moving, tmp_path):
     assert np.array_equal(first.canvases, second.canvases) and np.array_equal(first.positions, second.positions)
     path = tmp_path / "clip.mp4"
     path.write_bytes(data)
-    cached = CodecSamplingConfig(**{**SMALL.settings(), "cache_dir": str(tmp_path / "cache")})
+    cached = CodecSamplingConfig(**{**SMALL.settings(), "cache_root": str(tmp_path / "cache")})
     miss = sample_codec_video(str(path), cached)
     hit = sample_codec_video(str(path), cached)
     assert (miss.report["cache"], hit.report["cache"]) == ("miss", "hit")
     assert np.array_equal(miss.canvases, hit.canvases) and np.array_equal(miss.positions, hit.positions)
     assert hit.timestamp_runs(2) == miss.timestamp_runs(2)
-    other = CodecSamplingConfig(**{**SMALL.settings(), "cache_dir": str(tmp_path / "cache"), "images_per_group": 2})
+    other = CodecSamplingConfig(**{**SMALL.settings(), "cache_root": str(tmp_path / "cache"), "images_per_group": 2})
     assert sample_codec_video(str(path), other).report["cache"] == "miss"
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
@@ -280,6 +280,6 @@ def test_bitcost_source_runs_through_the_same_selection(moving, tmp_path):
 def test_bitcost_without_the_package_is_a_clear_error(monkeypatch):
     from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
 
-    monkeypatch.setattr(codec, "read_video_fast_selected", None)
+    monkeypatch.setattr(codec, "bitcost_reader", lambda: None)
     with pytest.raises(ValueError, match="needs the codec-video-prep package"):
         CodecSamplingConfig(score_source="bitcost")

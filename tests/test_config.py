@@ -141,7 +141,10 @@ def test_upstream_config_json_loads(tmp_path):
 
 
 def test_text_config_may_be_moe_dict():
-    config = LlavaOnevision2Config(text_config={"model_type": "qwen3_moe", "hidden_size": 64, "num_experts": 4})
+    config = LlavaOnevision2Config(
+        text_config={"model_type": "qwen3_moe", "hidden_size": 64, "num_experts": 4},
+        vision_config={"out_hidden_size": 64},
+    )
     assert type(config.text_config).__name__ == "Qwen3MoeConfig"
 
 

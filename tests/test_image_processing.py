@@ -5,7 +5,7 @@ import PIL.Image
 import pytest
 import torch
 from synthetic_media import solid_image
-from transformers import Qwen2VLImageProcessor
+from transformers import Qwen2VLImageProcessor, Qwen2VLImageProcessorPil
 
 from llava_onevision2.modeling.vision_geometry_llava_onevision2 import (
     block_layout_positions as model_block_layout_positions,
@@ -16,15 +16,24 @@ from llava_onevision2.processing.vision_layout_llava_onevision2 import merged_to
 SIZES = [(300, 400), (57, 1000), (1000, 1000), (30, 40), (448, 448), (2100, 1500)]
 
 
-def test_pixel_values_and_grids_equal_qwen2vl_processor():
+@pytest.mark.parametrize(
+    ("resize_backend", "reference_class"),
+    [("pil", Qwen2VLImageProcessorPil), ("torchvision", Qwen2VLImageProcessor)],
+)
+def test_pixel_values_and_grids_equal_qwen2vl_processor(resize_backend, reference_class):
     images = [solid_image(w, h, value=i) for i, (h, w) in enumerate(SIZES)]
-    ours = LlavaOnevision2ImageProcessor()
-    reference = Qwen2VLImageProcessor(
+    ours = LlavaOnevision2ImageProcessor(resize_backend=resize_backend)
+    reference = reference_class(
         patch_size=14, merge_size=2, temporal_patch_size=1, min_pixels=ours.min_pixels, max_pixels=ours.max_pixels
     )
     a, b = ours(images, return_tensors="pt"), reference(images, return_tensors="pt")
     assert torch.equal(a["image_grid_thw"], b["image_grid_thw"])
     assert torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+def test_unknown_resize_backend_is_an_error():
+    with pytest.raises(ValueError, match="resize_backend must be one of"):
+        LlavaOnevision2ImageProcessor(resize_backend="cv2")
 
 
 def test_release_defaults():

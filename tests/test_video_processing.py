@@ -74,7 +74,12 @@ def test_sample_frame_indices_rules():
     timestamps = np.arange(100) / 10  # 10 s at 10 fps
     assert len(sample_frame_indices(timestamps, 10.0, fps=1.0)) == 10
     assert len(sample_frame_indices(timestamps, 10.0, fps=1.0, max_frames=4)) == 4
-    assert sample_frame_indices(timestamps, 10.0, num_frames=3) == [0, 49, 99]  # a tie goes to the earlier frame
+    # constant frame rate: round(linspace(0, n - 1, count)) with halves to even, as the released processor
+    assert sample_frame_indices(timestamps, 10.0, num_frames=3) == [0, 50, 99]
+    # neither fps nor a count: the released rule (16 frames from 10 s up to 30 s)
+    assert len(sample_frame_indices(timestamps, 10.0, max_frames=384)) == 16
+    assert len(sample_frame_indices(timestamps, 9.9, max_frames=384)) == 8
+    assert sample_frame_indices(timestamps, 10.0, keep_all=True) == list(range(100))
     assert sample_frame_indices(timestamps[:2], 0.2, fps=1.0) == [0]
     assert sample_frame_indices(timestamps[:3], 0.3, num_frames=10) == [0, 1, 2]
 
@@ -85,11 +90,11 @@ def test_processor_outputs_for_a_file_path(tmp_path):
     processor = LlavaOnevision2VideoProcessor(**SMALL)
     out = processor(str(path), return_metadata=True)
     metadata = out["video_metadata"][0]
-    assert metadata.frames_indices == [0, 12, 24, 37, 49, 49]  # 5 at 1 fps, padded to an even count
-    assert metadata.timestamps == pytest.approx([0.0, 1.2, 2.4, 3.7, 4.9, 4.9])
+    assert metadata.frames_indices == [0, 7, 14, 21, 28, 35, 42, 49]  # released rule: 8 frames under 10 s
+    assert metadata.timestamps == pytest.approx([i / 10 for i in metadata.frames_indices])
     grid = out["video_grid_thw"]
-    assert grid.tolist() == [[1, 4, 6]] * 6  # evaluated format: one row per frame
-    assert out["pixel_values_videos"].shape == (6 * 24, 3 * 14 * 14)
+    assert grid.tolist() == [[1, 4, 6]] * 8  # evaluated format: one row per frame
+    assert out["pixel_values_videos"].shape == (8 * 24, 3 * 14 * 14)
     expected = block_layout_positions(metadata.frames_indices, 4, 6, 2)
     assert torch.equal(out["video_patch_positions"], expected)
     assert metadata.source == str(path) and metadata.codec == "h264"
@@ -124,7 +129,8 @@ def test_decoded_frames_inputs():
     assert out["video_metadata"][0].frames_indices == [0, 14, 29]  # 3 s at 1 fps
     assert out["video_metadata"][0].timestamps == pytest.approx([0.0, 1.4, 2.9])
     batch = processor([frames, array], video_metadata=[None, {"fps": 10.0}], return_metadata=True)
-    assert [m.grid_rows for m in batch["video_metadata"]] == [4, 3]
+    # the 3 s array follows the released rule (8 frames under 10 s), capped by max_frames=4
+    assert [m.grid_rows for m in batch["video_metadata"]] == [4, 4]
 
 
 def test_same_pixels_from_file_and_from_decoded_frames():

@@ -278,10 +278,15 @@ def encode_conversation(processor, messages: list[dict], budget: Budget, video_b
         return_assistant_tokens_mask=True,
         return_tensors="np",
         processor_kwargs={
-            "images_kwargs": {"max_pixels": budget.max_pixels},
+            # A smaller rung of the budget ladder lowers the minimum with the maximum.
+            "images_kwargs": {
+                "max_pixels": budget.max_pixels,
+                "min_pixels": min(processor.image_processor.min_pixels, budget.max_pixels),
+            },
             "videos_kwargs": {
                 "max_frames": budget.max_frames,
                 "max_pixels": budget.video_max_pixels,
+                "min_pixels": min(processor.video_processor.min_pixels, budget.video_max_pixels),
                 "video_backend": video_backend,
             },
         },
