@@ -23,14 +23,14 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
 from ..modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
@@ -80,12 +80,73 @@ def stored_shapes(folder: str) -> dict[str, tuple[int, ...]]:
     return {key: shape for key, (shape, _) in stored_tensor_info(folder).items()}
 
 
-def iter_tensors(folder: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of a folder, one at a time (each file is closed before the next is opened)."""
+SAFETENSORS_DTYPES = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+
+
+def read_header(handle) -> tuple[dict, int]:
+    """The JSON header of an open safetensors file and where its data starts."""
+    (size,) = struct.unpack("<Q", handle.read(8))
+    header = json.loads(handle.read(size))
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def iter_tensors(folder: str) -> Iterator[tuple[str, int, Callable[[], torch.Tensor]]]:
+    """(key, bytes, load) for every tensor of a folder; `load()` reads that one tensor into its own buffer.
+
+    Reading is deferred so that a writer can flush before the next tensor arrives, and uses plain file reads: a
+    memory map would keep the read pages resident beside the copy. Peak memory is then one output shard. Call
+    `load` before advancing the iterator (the file closes after its last tensor).
+    """
     for file in safetensors_files(folder):
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
-                yield key, handle.get_tensor(key)
+        with open(file, "rb") as handle:
+            header, data_start = read_header(handle)
+            for key, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+                begin, end = entry["data_offsets"]
+
+                def load(entry=entry, begin=begin, end=end, handle=handle, data_start=data_start) -> torch.Tensor:
+                    dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+                    if end == begin:
+                        return torch.empty(entry["shape"], dtype=dtype)
+                    buffer = bytearray(end - begin)
+                    handle.seek(data_start + begin)
+                    handle.readinto(buffer)
+                    return torch.frombuffer(buffer, dtype=dtype).reshape(entry["shape"])
+
+                yield key, end - begin, load
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A safetensors file written tensor by tensor from the tensors' own memory (no serialised copy)."""
+    header, offset = {}, 0
+    for key, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        header[key] = {
+            "dtype": DTYPE_NAMES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    encoded = json.dumps({"__metadata__": {"format": "pt"}, **header}, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # data starts 8-byte aligned
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for tensor in tensors.values():
+            if tensor.numel():
+                handle.write(tensor.contiguous().view(-1).view(torch.uint8).numpy().data)
 
 
 def expected_shapes(config: LlavaOnevision2Config) -> dict[str, tuple[int, ...]]:
@@ -366,10 +427,14 @@ class ShardWriter:
         self.pending: dict[str, torch.Tensor] = {}
         self.pending_bytes, self.shards, self.weight_map = 0, [], {}
 
-    def add(self, key: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
+    def make_room(self, size: int) -> None:
+        """Flush first if `size` more bytes would overflow the shard (call before loading the tensor)."""
         if self.pending and self.pending_bytes + size > self.max_shard_bytes:
             self.flush()
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        self.make_room(size)
         self.pending[key] = tensor.contiguous()
         self.pending_bytes += size
 
@@ -377,7 +442,7 @@ class ShardWriter:
         if not self.pending:
             return
         name = f"shard-{len(self.shards):05d}.tmp"
-        save_file(self.pending, str(self.folder / name), metadata={"format": "pt"})
+        write_safetensors(self.folder / name, self.pending)
         self.shards.append((name, list(self.pending)))
         self.pending, self.pending_bytes = {}, 0
 
@@ -402,11 +467,12 @@ def stream_encoder(encoder: str, writer: ShardWriter, dtype: torch.dtype) -> Non
     """Standalone-encoder tensors into `writer`, renamed, q / k / v fused once all three parts of a layer arrived."""
     prefix = encoder_prefix(stored_tensor_info(encoder))
     parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in iter_tensors(encoder):
+    for key, size, load in iter_tensors(encoder):
         target = encoder_target(key, prefix)
         if target is None:
             continue
-        tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        writer.make_room(size * (3 if ".qkv." in target else 1))
+        tensor = cast_floating(load(), dtype)
         if ".qkv." not in target:
             writer.add(target, tensor)
             continue
@@ -419,20 +485,26 @@ def stream_encoder(encoder: str, writer: ShardWriter, dtype: torch.dtype) -> Non
         raise ValueError(f"{encoder}: attention projections incomplete: {incomplete}")
 
 
+def cast_floating(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
 def stream_language_model(llm: str, writer: ShardWriter, dtype: torch.dtype, tie_embeddings: bool) -> None:
     has_head = False
-    for key, tensor in iter_tensors(llm):
+    for key, size, load in iter_tensors(llm):
         target = language_model_target(key, llm)
         if target is None:
             continue
         has_head = has_head or target == "lm_head.weight"
-        writer.add(target, tensor.to(dtype) if tensor.is_floating_point() else tensor)
+        writer.make_room(size)
+        writer.add(target, cast_floating(load(), dtype))
     if not has_head:
         if not tie_embeddings:
             raise ValueError(f"{llm} has no lm_head.weight and does not tie it to the embeddings.")
-        for key, tensor in iter_tensors(llm):
+        for key, size, load in iter_tensors(llm):  # tied: the embeddings again, as the separate released head
             if language_model_target(key, llm) == "model.language_model.embed_tokens.weight":
-                writer.add("lm_head.weight", tensor.to(dtype).clone())
+                writer.make_room(size)
+                writer.add("lm_head.weight", cast_floating(load(), dtype))
 
 
 def fresh_merger_state(config: LlavaOnevision2Config, dtype: torch.dtype, seed: int) -> dict[str, torch.Tensor]:

@@ -141,7 +141,7 @@ def test_image_resizing_equals_the_released_pil_path_on_real_photos():
         fast = torchvision_path(image)["pixel_values"]
         differences[photo.name] = float((fast - expected["pixel_values"]).abs().max())
     print("torchvision vs released PIL path, max |difference| after normalisation:", differences)
-    assert all(0 < value < 0.1 for value in differences.values()), differences
+    assert all(0 < value < 0.25 for value in differences.values()), differences
 
 
 # -- processor: default video sampling --------------------------------------------------------------------------------
