@@ -509,3 +509,67 @@ def test_vision_width_that_differs_from_the_text_width_is_an_error():
     with pytest.raises(ValueError, match="features are 32 wide but the language model's hidden size is 48"):
         model.model.get_placeholder_mask(input_ids, embeds, "image", 2, 32)
     assert model.model.get_placeholder_mask(input_ids, embeds, "image", 2, 48).sum() == 2
+
+
+# -- lmms-eval end to end --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_lmms_eval_wrapper_calls_work_on_a_saved_folder(checkpoint, codec_clip):
+    """The sequence of calls lmms-eval 0.7.3's `llava_onevision2` model makes, on a folder this project wrote."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)
+    model = AutoModelForImageTextToText.from_pretrained(
+        checkpoint, config=config, dtype=torch.float32, attn_implementation="sdpa", trust_remote_code=True
+    ).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    set_budget_like_lmms_eval(processor, 8 * 8 * 4 * 4, 8 * 8 * 4 * 16)
+    tokenizer = processor.tokenizer
+
+    # Frames mode: frames as images, each after a "<t seconds>" text item; videos=None.
+    frames = [PIL.Image.new("RGB", (96, 64), (40 * i, 90, 200 - 40 * i)) for i in range(4)]
+    content = []
+    for index, frame in enumerate(frames):
+        content += [{"type": "text", "text": f"<{index * 0.5:.1f} seconds>"}, {"type": "image", "image": frame}]
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]},
+        {"role": "user", "content": [*content, {"type": "text", "text": "What colour?"}]},
+    ]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], images=frames, videos=None, return_tensors="pt", padding=True)
+    # 96 x 64 under max_pixels 4096 at patch 8 x merge 2: 48 x 64 pixels, 6 x 8 patches, 12 tokens per frame
+    assert inputs["image_grid_thw"].tolist() == [[1, 6, 8]] * 4
+    assert (inputs["input_ids"] == processor.image_token_id).sum() == 4 * 12
+    assert "<0.5 seconds><|vision_start|>" in text
+
+    # Codec mode: one video path, the codec backend, max_pixels as the canvas budget, released codec names.
+    codec_text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video", "video": str(codec_clip)}, {"type": "text", "text": "Go?"}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    codec_inputs = processor(
+        text=[codec_text],
+        videos=[str(codec_clip)],
+        video_backend="codec",
+        max_pixels=64 * 64 * 2,
+        return_tensors="pt",
+        padding=True,
+        codec_config={**SMALL_CODEC, "patch": 8},
+    )
+    assert codec_inputs["image_grid_thw"].shape[0] == 1  # one merged row per video
+
+    for batch in (inputs, codec_inputs):
+        with torch.inference_mode():
+            output = model.generate(
+                **batch,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                max_new_tokens=4,
+                num_beams=1,
+                do_sample=False,
+                use_cache=True,
+            )
+        answer = tokenizer.batch_decode(output[:, batch["input_ids"].shape[-1] :], skip_special_tokens=True)
+        assert len(answer) == 1 and isinstance(answer[0], str)
