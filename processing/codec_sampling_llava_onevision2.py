@@ -25,8 +25,9 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    in block layout. Canvases are always whole; nothing is zero-filled.
 
 Decoding is one pass over the needed frames (candidates and their predecessors), seeking by GOP when that skips
-work; only candidate frames are converted to RGB, at canvas size. Results can be cached on disk under a key made of
-the file's content hash and every setting.
+work; only candidate frames are converted to RGB, at canvas size. Results are cached on disk under `cache_root`
+(the released default location unless set; `None` turns it off) with a key made of the file's content hash and every
+setting. PyAV is loaded on first use, so importing this module costs nothing for image-only users.
 """
 
 from __future__ import annotations

@@ -118,12 +118,6 @@ class LlavaOnevision2ImageProcessor(PixelBudgetMixin, TorchvisionBackend):
         except (PIL.UnidentifiedImageError, OSError) as error:
             raise ValueError(f"Could not read image {source}: {error}") from error
 
-    def resize_for_model(self, images: torch.Tensor, size: SizeDict, resample, factor: int) -> torch.Tensor:
-        """Resize a stack of same-sized images to the `smart_resize` target for this pixel budget (torchvision)."""
-        height, width = images.shape[-2:]
-        target_h, target_w = smart_resize(height, width, factor, size.shortest_edge, size.longest_edge)
-        return self.resize(images, size=SizeDict(height=target_h, width=target_w), resample=resample)
-
     @staticmethod
     def pil_resize_and_normalize(
         image: torch.Tensor, target: tuple[int, int] | None, resample, rescale_factor, image_mean, image_std
@@ -147,35 +141,6 @@ class LlavaOnevision2ImageProcessor(PixelBudgetMixin, TorchvisionBackend):
                 array, image_mean, image_std, data_format="channels_first", input_data_format="channels_first"
             )
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-
-    def pil_stack(
-        self,
-        stack: torch.Tensor,
-        do_resize,
-        size,
-        resample,
-        factor,
-        do_rescale,
-        rescale_factor,
-        do_normalize,
-        image_mean,
-        image_std,
-    ) -> torch.Tensor:
-        """A stack of same-sized images through `pil_resize_and_normalize`, one image at a time."""
-        target = smart_resize(*stack.shape[-2:], factor, size.shortest_edge, size.longest_edge) if do_resize else None
-        return torch.stack(
-            [
-                self.pil_resize_and_normalize(
-                    image,
-                    target,
-                    resample,
-                    rescale_factor if do_rescale else None,
-                    image_mean if do_normalize else None,
-                    image_std,
-                )
-                for image in stack
-            ]
-        )
 
     def _preprocess(
         self,
@@ -203,22 +168,24 @@ class LlavaOnevision2ImageProcessor(PixelBudgetMixin, TorchvisionBackend):
         processed_rows, processed_grids = {}, {}
         factor = patch_size * merge_size
         for shape, stack in grouped.items():
+            target = smart_resize(*stack.shape[-2:], factor, size.shortest_edge, size.longest_edge) if do_resize else None
             if backend == "pil":
-                stack = self.pil_stack(
-                    stack,
-                    do_resize,
-                    size,
-                    resample,
-                    factor,
-                    do_rescale,
-                    rescale_factor,
-                    do_normalize,
-                    image_mean,
-                    image_std,
+                stack = torch.stack(
+                    [
+                        self.pil_resize_and_normalize(
+                            image,
+                            target,
+                            resample,
+                            rescale_factor if do_rescale else None,
+                            image_mean if do_normalize else None,
+                            image_std,
+                        )
+                        for image in stack
+                    ]
                 )
             else:
-                if do_resize:
-                    stack = self.resize_for_model(stack, size, resample, factor=factor)
+                if target is not None:
+                    stack = self.resize(stack, size=SizeDict(height=target[0], width=target[1]), resample=resample)
                 stack = self.rescale_and_normalize(
                     stack, do_rescale, rescale_factor, do_normalize, image_mean, image_std
                 )

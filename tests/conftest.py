@@ -198,8 +198,11 @@ def released_layout(checkpoint: Path, folder: Path) -> Path:
                     "group_size": 32,
                     "images_per_group": 4,
                     "max_pixels": 150000,
+                    "min_group_frames": 8,
+                    "max_group_frames": 64,
                     "spatial_mask_mode": "off",
                     "cache_root": "/tmp",
+                    "timeout": 7200,
                 },
             }
         )
