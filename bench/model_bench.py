@@ -9,9 +9,11 @@ Workloads (the 8B figures of the upstream code were measured on the same ones):
 - video: `--frames` frames of `--frame-size` pixels square, each frame its own grid row (the frames path), plus
   `--text-tokens` text tokens; the vision tower and the prefill of the whole prompt are timed.
 - image: one `--image-hw` image plus the text tokens, then `--new-tokens` greedy tokens; decode ms/token is the
-  generate time minus that prompt's prefill time, divided by the new tokens.
+  generate time minus that prompt's prefill time, divided by the new tokens. Timed twice: the default (dynamic
+  cache, eager) and `cache_implementation="static"` with the decoding steps compiled by `torch.compile`.
 
-Ratios are measured within one run: `window_loop_vs_batched` re-times the vision tower with one attention call per
+Ratios are measured within one run: `compiled_over_eager_decode` compares the two decode figures;
+`window_loop_vs_batched` re-times the vision tower with one attention call per
 window (the upstream scheme) against ours (one call per distinct window length). On CUDA with the 8b preset the
 upstream H200 figures are printed beside ours; compare them only on an H200 in bfloat16 with sdpa.
 """
@@ -55,6 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-window-loop", action="store_true", help="do not time the per-window-loop variant")
+    parser.add_argument("--skip-compiled-decode", action="store_true", help="do not time static cache + compile")
     parser.add_argument("--output", default=None, help="also write the JSON here")
     return parser.parse_args(argv)
 
@@ -103,6 +106,15 @@ def visual_prompt(model, grid: torch.Tensor, text_tokens: int, device: str):
     image = torch.full((num_visual,), model.config.image_token_id, device=device)
     input_ids = torch.cat([text[: text_tokens // 2], image, text[text_tokens // 2 :]])[None]
     return {"input_ids": input_ids, "pixel_values": pixel_values, "image_grid_thw": grid.to(device)}
+
+
+def compile_config():
+    """Fullgraph, static-shape compilation of the decoding steps, on any device (transformers' default is CUDA)."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=True, dynamic=False)
+    config._compile_all_devices = True
+    return config
 
 
 def per_window_loop(self, attention_interface, query, key, value, windows, dropout):
@@ -164,6 +176,23 @@ def run(args) -> dict:
         result["image_prefill_ms"] = image_prefill
         result["generate_ms"] = generate_ms
         result["decode_ms_per_token"] = round((generate_ms - image_prefill) / args.new_tokens, 2)
+        if not args.skip_compiled_decode:
+            # Static cache + torch.compile'd decoding steps (compiled once here, before timing).
+            compiled = lambda: model.generate(  # noqa: E731
+                **image,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+                cache_implementation="static",
+                compile_config=compile_config(),
+            )
+            compiled_ms = best_time_ms(compiled, device, max(1, args.repeats - 1))
+            result["decode_static_compiled_ms_per_token"] = round((compiled_ms - image_prefill) / args.new_tokens, 2)
+            result["compiled_over_eager_decode"] = round(
+                result["decode_static_compiled_ms_per_token"] / result["decode_ms_per_token"], 2
+            )
         if not args.skip_window_loop and "flash" not in args.attn:
             batched = LlavaOnevision2VisionAttention._attend_batched_windows
             merged = dict(video, image_grid_thw=torch.tensor([[frames, side, side]], device=device))

@@ -336,7 +336,9 @@ class LlavaOnevision2PreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    # Text-only decoding steps (what generate compiles with a static cache) trace as one graph; the vision tower's
+    # window grouping is data dependent and runs eagerly in the prefill.
+    _can_compile_fullgraph = True
 
 
 class LlavaOnevision2VisionModel(LlavaOnevision2PreTrainedModel):

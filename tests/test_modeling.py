@@ -254,6 +254,25 @@ def test_manual_decoding_with_past_key_values():
             torch.testing.assert_close(out.logits[:, -1], full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_compiled_static_cache_decoding_matches_eager():
+    """`cache_implementation="static"` + `compile_config`: decoding steps compile as one graph (fullgraph=True raises
+    on any graph break) after an eager multimodal prefill, and give the eager tokens."""
+    from transformers import CompileConfig
+
+    model = tiny_model()
+    inputs = CASES["several_images"]()
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=PAD)
+    config = CompileConfig(fullgraph=True, dynamic=False)
+    config._compile_all_devices = True  # transformers compiles on CUDA by default; this opts the CPU in
+    with torch.no_grad():
+        eager = model.generate(**inputs, **kwargs)
+        compiled = model.generate(**inputs, **kwargs, cache_implementation="static", compile_config=config)
+    assert hasattr(model, "_compiled_call")  # the decoding steps ran through torch.compile
+    assert torch.equal(eager, compiled)
+    assert type(model)._can_compile_fullgraph
+
+
 def test_static_cache_generation_matches_dynamic():
     model = tiny_model()
     inputs = CASES["several_images"]()
