@@ -1,6 +1,7 @@
 """Shared pieces of the benchmark scripts (run from the repository root or from bench/)."""
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -44,3 +45,21 @@ def build_bench_model(preset: str, device: str, dtype: str | None, attn: str):
         return LlavaOnevision2ForConditionalGeneration._from_config(
             config, dtype=torch_dtype, attn_implementation=attn
         )
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def best_time_ms(fn, device: str, repeats: int) -> float:
+    """Best wall time of `repeats` calls after one warm-up, in milliseconds (CUDA work included)."""
+    fn()
+    timings = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        timings.append((time.perf_counter() - start) * 1000)
+    return round(min(timings), 2)

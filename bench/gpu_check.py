@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit_report  # noqa: E402
+from common import best_time_ms, emit_report  # noqa: E402
 from model_bench import build_model, run, visual_prompt  # noqa: E402
 from model_bench import parse_args as model_bench_args  # noqa: E402
 
@@ -78,20 +78,6 @@ def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
     }
 
 
-def timed_ms(fn, device: str, repeats: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - start) * 1000)
-    return round(best, 2)
-
-
 def flash_parity(args) -> dict:
     """The vision tower (and, with flash-attn, the whole prefill) with sdpa and with the flash path."""
     backend = flash_backend()
@@ -106,16 +92,18 @@ def flash_parity(args) -> dict:
     with torch.inference_mode():
         encode = lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])  # noqa: E731
         sdpa_features = torch.cat(list(encode().pooler_output))
-        report["vision_sdpa_ms"] = timed_ms(encode, args.device)
+        report["vision_sdpa_ms"] = best_time_ms(encode, args.device, args.repeats)
         model.model.visual.config._attn_implementation = "flash_attention_2"
         flash_features = torch.cat(list(encode().pooler_output))
-        report["vision_flash_ms"] = timed_ms(encode, args.device)
+        report["vision_flash_ms"] = best_time_ms(encode, args.device, args.repeats)
         report["vision_features"] = compare(flash_features, sdpa_features)
         if backend == "flash-attn":
             model.model.visual.config._attn_implementation = "sdpa"
             sdpa_logits = model(**inputs, logits_to_keep=1).logits
             model.set_attn_implementation("flash_attention_2")
-            report["prefill_flash_ms"] = timed_ms(lambda: model(**inputs, logits_to_keep=1), args.device)
+            report["prefill_flash_ms"] = best_time_ms(
+                lambda: model(**inputs, logits_to_keep=1), args.device, args.repeats
+            )
             report["prefill_logits"] = compare(model(**inputs, logits_to_keep=1).logits, sdpa_logits)
     return report
 

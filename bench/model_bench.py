@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_bench_model, emit_report  # noqa: E402
+from common import best_time_ms, build_bench_model, emit_report  # noqa: E402
 
 from llava_onevision2.modeling import LlavaOnevision2ForConditionalGeneration
 from llava_onevision2.modeling.modeling_llava_onevision2 import LlavaOnevision2VisionAttention
@@ -66,11 +65,6 @@ def build_model(args) -> LlavaOnevision2ForConditionalGeneration:
     return build_bench_model(args.preset, args.device, args.dtype, args.attn).eval()
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 @contextmanager
 def peak_memory(device: str, into: dict, key: str):
     if device.startswith("cuda"):
@@ -81,18 +75,6 @@ def peak_memory(device: str, into: dict, key: str):
         into[key] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     else:  # process-wide high-water mark, a coarse upper bound on CPU
         into[key + "_process_rss"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-
-
-def best_time_ms(fn, device: str, repeats: int) -> float:
-    fn()  # warm-up
-    timings = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        timings.append((time.perf_counter() - start) * 1000)
-    return round(min(timings), 2)
 
 
 def visual_prompt(model, grid: torch.Tensor, text_tokens: int, device: str):
@@ -163,31 +145,26 @@ def run(args) -> dict:
         with peak_memory(device, result, "video_prefill_peak_gib"):
             result["video_prefill_ms"] = best_time_ms(lambda: model(**video, logits_to_keep=1), device, args.repeats)
         image_prefill = best_time_ms(lambda: model(**image, logits_to_keep=1), device, args.repeats)
-        generate = lambda: model.generate(  # noqa: E731
-            **image,
-            max_new_tokens=args.new_tokens,
-            min_new_tokens=args.new_tokens,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-        with peak_memory(device, result, "generate_peak_gib"):
-            generate_ms = best_time_ms(generate, device, max(1, args.repeats - 1))
-        result["image_prefill_ms"] = image_prefill
-        result["generate_ms"] = generate_ms
-        result["decode_ms_per_token"] = round((generate_ms - image_prefill) / args.new_tokens, 2)
-        if not args.skip_compiled_decode:
-            # Static cache + torch.compile'd decoding steps (compiled once here, before timing).
-            compiled = lambda: model.generate(  # noqa: E731
+
+        def generate(**options):
+            return lambda: model.generate(
                 **image,
                 max_new_tokens=args.new_tokens,
                 min_new_tokens=args.new_tokens,
                 do_sample=False,
                 pad_token_id=0,
                 eos_token_id=None,
-                cache_implementation="static",
-                compile_config=compile_config(),
+                **options,
             )
+
+        with peak_memory(device, result, "generate_peak_gib"):
+            generate_ms = best_time_ms(generate(), device, max(1, args.repeats - 1))
+        result["image_prefill_ms"] = image_prefill
+        result["generate_ms"] = generate_ms
+        result["decode_ms_per_token"] = round((generate_ms - image_prefill) / args.new_tokens, 2)
+        if not args.skip_compiled_decode:
+            # Static cache + torch.compile'd decoding steps (compiled once here, before timing).
+            compiled = generate(cache_implementation="static", compile_config=compile_config())
             compiled_ms = best_time_ms(compiled, device, max(1, args.repeats - 1))
             result["decode_static_compiled_ms_per_token"] = round((compiled_ms - image_prefill) / args.new_tokens, 2)
             result["compiled_over_eager_decode"] = round(

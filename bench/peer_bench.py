@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit_report  # noqa: E402
+from common import best_time_ms, emit_report, synchronize  # noqa: E402
 
 IMAGE, VIDEO, VISION_START, VISION_END = 5, 6, 3, 4
 PATCH, MERGE = 14, 2
@@ -115,20 +115,6 @@ def workload(frames: int, side: int, text_tokens: int, device: str, dtype) -> di
     }
 
 
-def timed_ms(fn, device: str, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - start) * 1000)
-    return best
-
-
 class StepClock:
     """A logits processor that only notes the time of every decoding step (generate calls it once per token)."""
 
@@ -136,8 +122,7 @@ class StepClock:
         self.device, self.stamps = device, []
 
     def __call__(self, input_ids, scores):
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize(self.device)
         self.stamps.append(time.perf_counter())
         return scores
 
@@ -168,7 +153,7 @@ def child(kind: str, frames: int, args) -> dict:
         inputs.pop("mm_token_type_ids")
 
     with torch.inference_mode():
-        prefill = timed_ms(lambda: model(**inputs, logits_to_keep=1), args.device, args.repeats)
+        prefill = best_time_ms(lambda: model(**inputs, logits_to_keep=1), args.device, args.repeats)
         decode = min(decode_ms_per_token(model, inputs, args) for _ in range(args.repeats))
     return {
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
