@@ -63,3 +63,34 @@ def best_time_ms(fn, device: str, repeats: int) -> float:
         synchronize(device)
         timings.append((time.perf_counter() - start) * 1000)
     return round(min(timings), 2)
+
+
+class StepClock:
+    """A logits processor that only notes the time of every decoding step (generate calls it once per token)."""
+
+    def __init__(self, device: str):
+        self.device, self.stamps = device, []
+
+    def __call__(self, input_ids, scores):
+        synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+def decode_ms_per_token(model, inputs: dict, new_tokens: int, device: str, **generate_options) -> float:
+    """Milliseconds per token between the first and the last decoding step of one greedy `generate`: the prefill
+    is outside the measurement, so its run-to-run noise cannot leak into the figure."""
+    from transformers import LogitsProcessorList
+
+    clock = StepClock(device)
+    model.generate(
+        **inputs,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+        logits_processor=LogitsProcessorList([clock]),
+        **generate_options,
+    )
+    return (clock.stamps[-1] - clock.stamps[0]) * 1000 / (len(clock.stamps) - 1)

@@ -16,13 +16,12 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_time_ms, emit_report, synchronize  # noqa: E402
+from common import best_time_ms, decode_ms_per_token, emit_report  # noqa: E402
 
 IMAGE, VIDEO, VISION_START, VISION_END = 5, 6, 3, 4
 PATCH, MERGE = 14, 2
@@ -115,35 +114,6 @@ def workload(frames: int, side: int, text_tokens: int, device: str, dtype) -> di
     }
 
 
-class StepClock:
-    """A logits processor that only notes the time of every decoding step (generate calls it once per token)."""
-
-    def __init__(self, device: str):
-        self.device, self.stamps = device, []
-
-    def __call__(self, input_ids, scores):
-        synchronize(self.device)
-        self.stamps.append(time.perf_counter())
-        return scores
-
-
-def decode_ms_per_token(model, inputs: dict, args) -> float:
-    """Milliseconds per token between the first and the last decoding step of one `generate` (no prefill in it)."""
-    from transformers import LogitsProcessorList
-
-    clock = StepClock(args.device)
-    model.generate(
-        **inputs,
-        max_new_tokens=args.new_tokens,
-        min_new_tokens=args.new_tokens,
-        do_sample=False,
-        pad_token_id=0,
-        eos_token_id=None,
-        logits_processor=LogitsProcessorList([clock]),
-    )
-    return (clock.stamps[-1] - clock.stamps[0]) * 1000 / (len(clock.stamps) - 1)
-
-
 def child(kind: str, frames: int, args) -> dict:
     model = build(kind, args)
     inputs = workload(
@@ -154,7 +124,7 @@ def child(kind: str, frames: int, args) -> dict:
 
     with torch.inference_mode():
         prefill = best_time_ms(lambda: model(**inputs, logits_to_keep=1), args.device, args.repeats)
-        decode = min(decode_ms_per_token(model, inputs, args) for _ in range(args.repeats))
+        decode = min(decode_ms_per_token(model, inputs, args.new_tokens, args.device) for _ in range(args.repeats))
     return {
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
         "prefill_ms": round(prefill, 1),
