@@ -20,6 +20,7 @@ from llava_onevision2.training.data import (
     messages_record,
     mix_sources,
     processed_samples,
+    video_budget,
 )
 from llava_onevision2.training.recipe import load_recipe
 from llava_onevision2.training.sft import model_part, prepare
@@ -171,6 +172,14 @@ def test_packing_gives_the_unpacked_loss(processor, toy):
 
 def test_first_fit_rows():
     assert first_fit_rows([5, 4, 3, 2, 6], 8) == [[0, 2], [1, 3], [4]]
+
+
+def test_per_frame_pixel_budget_never_becomes_the_codec_canvas_budget(processor):
+    rung = budget_ladder(4096, 8, 2048)[0]
+    frames = video_budget(processor, rung, "frames")
+    assert frames == {"max_frames": 8, "video_backend": "frames", "max_pixels": 2048, "min_pixels": 2048}
+    # A call-level max_pixels sets the codec canvas (released convention): the codec block keeps that say.
+    assert video_budget(processor, rung, "codec") == {"max_frames": 8, "video_backend": "codec"}
 
 
 def test_bad_samples_are_counted_not_fatal(processor, toy):

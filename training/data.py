@@ -268,6 +268,17 @@ def assistant_mask_template(processor) -> str | None:
     return None
 
 
+def video_budget(processor, budget: Budget, video_backend: str) -> dict:
+    """Video settings of one budget rung. The per-frame pixel bounds apply to sampled frames only: with the codec
+    backend a call-level max_pixels would set the canvas size (the released convention), which comes from the
+    processor's codec block instead."""
+    settings = {"max_frames": budget.max_frames, "video_backend": video_backend}
+    if video_backend != "codec":
+        settings["max_pixels"] = budget.video_max_pixels
+        settings["min_pixels"] = min(processor.video_processor.min_pixels, budget.video_max_pixels)
+    return settings
+
+
 def encode_conversation(processor, messages: list[dict], budget: Budget, video_backend: str) -> dict:
     """Tokenise one conversation with its media; labels only on assistant tokens (incl. the closing <|im_end|>)."""
     outputs = processor.apply_chat_template(
@@ -283,12 +294,7 @@ def encode_conversation(processor, messages: list[dict], budget: Budget, video_b
                 "max_pixels": budget.max_pixels,
                 "min_pixels": min(processor.image_processor.min_pixels, budget.max_pixels),
             },
-            "videos_kwargs": {
-                "max_frames": budget.max_frames,
-                "max_pixels": budget.video_max_pixels,
-                "min_pixels": min(processor.video_processor.min_pixels, budget.video_max_pixels),
-                "video_backend": video_backend,
-            },
+            "videos_kwargs": video_budget(processor, budget, video_backend),
         },
     )
     sample = {key: np.asarray(value) for key, value in outputs.items() if key != "assistant_masks"}
