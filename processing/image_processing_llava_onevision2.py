@@ -2,7 +2,9 @@
 
 Outputs `pixel_values` `[N, 3*P*P]`, `image_grid_thw` `[n, 3]` (t = 1) and `patch_positions` `[N, 3]` (t = 0, block
 layout) -- the keys the model and the released processor use. On the same inputs `pixel_values` and the grids equal
-those of transformers' `Qwen2VLImageProcessor` with patch 14, merge 2 and temporal patch 1.
+those of transformers' `Qwen2VLImageProcessorPil` (the path the released processor takes) with patch 14, merge 2 and
+temporal patch 1; with `resize_backend="torchvision"` they equal `Qwen2VLImageProcessor`'s instead (faster, not
+bit-equal to the release).
 """
 
 import os
