@@ -39,7 +39,11 @@ from ..processing.image_processing_llava_onevision2 import (
     LlavaOnevision2ImageProcessor,
     LlavaOnevision2ImagesKwargs,
 )
-from ..processing.processing_llava_onevision2 import CHAT_TEMPLATE, LlavaOnevision2Processor
+from ..processing.processing_llava_onevision2 import (
+    CHAT_TEMPLATE,
+    LlavaOnevision2Processor,
+    marks_assistant_turns,
+)
 from ..processing.video_processing_llava_onevision2 import (
     LlavaOnevision2VideoProcessor,
     LlavaOnevision2VideosKwargs,
@@ -232,7 +236,7 @@ def processor_chat_templates(released: str | None) -> str | dict:
     template without them gets this project's template beside it under the name "training"."""
     if released is None:
         return CHAT_TEMPLATE
-    if "{% generation %}" in released or "{%- generation %}" in released:
+    if marks_assistant_turns(released):
         return released
     return {"default": released, "training": CHAT_TEMPLATE}
 

@@ -50,6 +50,15 @@ CHAT_TEMPLATE = (
 )
 
 
+GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def marks_assistant_turns(template: str | None) -> bool:
+    """Whether a chat template wraps assistant turns in `{% generation %}` (what `return_assistant_tokens_mask`
+    needs; released templates usually do not)."""
+    return template is not None and GENERATION_BLOCK.search(template) is not None
+
+
 class LlavaOnevision2ProcessorKwargs(ProcessingKwargs, total=False):
     images_kwargs: LlavaOnevision2ImagesKwargs
     videos_kwargs: LlavaOnevision2VideosKwargs
@@ -243,7 +252,7 @@ def join_visual_rows(outputs, parts, pixel_key: str, grid_key: str, positions_ke
         outputs[key] = joined.numpy() if isinstance(parts[0][index], np.ndarray) else joined
 
 
-__all__ = ["CHAT_TEMPLATE", "LlavaOnevision2Processor"]
+__all__ = ["CHAT_TEMPLATE", "LlavaOnevision2Processor", "marks_assistant_turns"]
 
 # Saved folders name this class in `auto_map`, so AutoProcessor loads it with trust_remote_code.
 LlavaOnevision2Processor.register_for_auto_class("AutoProcessor")

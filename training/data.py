@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import datasets
 import numpy as np
 
+from ..processing.processing_llava_onevision2 import marks_assistant_turns
+
 logger = logging.getLogger(__name__)
 
 PLACEHOLDER = re.compile(r"(<image>|<video>)")
@@ -260,7 +262,7 @@ def assistant_mask_template(processor) -> str | None:
     if isinstance(templates, dict) and "training" in templates:
         return "training"
     template = templates.get("default") if isinstance(templates, dict) else templates
-    if template is None or "generation %}" not in template:
+    if not marks_assistant_turns(template):
         raise ValueError(
             "The processor's chat template has no {% generation %} markers, so assistant tokens cannot be labelled; "
             "add a template named 'training' (hub_upload convert does) or use this project's CHAT_TEMPLATE."
