@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo lint bench
+.PHONY: install test demo toy-model lint bench
 
 install: $(VENV)/.installed
 
@@ -19,11 +19,15 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest -q --nbmake tests notebooks
 
-# The whole pipeline on a generated video: codec sampling, processor, model, answer, visualisation PNG.
-# Default model: the toy curriculum's, trained on first use (about 5 minutes on CPU) and cached in
-# ~/.cache/llava_onevision2 (LLAVA_OV2_CACHE). MODEL=/path/to/checkpoint VIDEO=/path/to/video run a real one.
+# The main job in seconds: a generated brief-event clip through codec sampling and through uniform frames at the same
+# token budget, the shipped toy model's two answers, and a picture of the selection (demo_output/).
+# MODEL=/path/to/checkpoint VIDEO=/path/to/video [QUESTION="..."] run a real one.
 demo: install
-	$(PY) -m llava_onevision2.hub_upload demo --output demo_output $(if $(MODEL),--model $(MODEL)) $(if $(VIDEO),--video $(VIDEO))
+	$(PY) -m llava_onevision2.demo --output demo_output $(if $(MODEL),--model $(MODEL)) $(if $(VIDEO),--video $(VIDEO)) $(if $(QUESTION),--question "$(QUESTION)")
+
+# Rebuild the demo's shipped toy model with the toy curriculum (about 7 minutes on 2 CPU cores).
+toy-model: install
+	$(PY) -m llava_onevision2.training.toy ship --output runs/toy --into demo/toy_model
 
 lint: install
 	$(PY) -m ruff check modeling processing training hub_upload tests bench

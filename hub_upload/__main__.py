@@ -1,4 +1,4 @@
-"""`python -m llava_onevision2.hub_upload {export,push,convert,demo} ...`"""
+"""`python -m llava_onevision2.hub_upload {export,push,convert} ...`"""
 
 import argparse
 import json
@@ -47,12 +47,6 @@ def parser() -> argparse.ArgumentParser:
     pair.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: the language model's")
     pair.add_argument("--max-shard-size", type=int, default=5 * 1024**3, help="bytes per output shard")
 
-    demo = commands.add_parser("demo", help="video -> codec sampling -> model -> answer + PNG")
-    demo.add_argument("--model", default=os.environ.get("MODEL") or None)
-    demo.add_argument("--video", default=os.environ.get("VIDEO") or None)
-    demo.add_argument("--question", default=None)
-    demo.add_argument("--output", default="demo_output")
-    demo.add_argument("--cache-dir", default=os.environ.get("LLAVA_OV2_CACHE") or None)
     return main
 
 
@@ -88,7 +82,7 @@ def main(argv=None) -> int:
             dry_run=args.dry_run,
         )
         print(format_plan(plan))
-    elif args.command == "convert":
+    else:
         import torch
 
         from .convert import convert_encoder_plus_llm, convert_release
@@ -110,11 +104,6 @@ def main(argv=None) -> int:
             # Bad input: the message names the folder and the fix; nothing was written.
             print(f"convert {args.kind}: {error}", file=sys.stderr)
             return 2
-        print(json.dumps(report, indent=2))
-    else:
-        from .demo import DEFAULT_CACHE, run_demo
-
-        report = run_demo(args.model, args.video, args.output, args.cache_dir or DEFAULT_CACHE, args.question)
         print(json.dumps(report, indent=2))
     return 0
 

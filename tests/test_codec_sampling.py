@@ -163,15 +163,31 @@ def test_readiness_groups_respect_bounds():
 def test_visualization_png(moving, tmp_path):
     data, _ = moving
     path = tmp_path / "selection.png"
-    sample = visualize_codec_selection(data, str(path), SMALL)
+    sample = visualize_codec_selection(data, str(path), SMALL, thumbnail_height=120)
     from PIL import Image
 
     picture = np.asarray(Image.open(path))
-    assert picture.shape[0] > 50 and picture.shape[1] > 200
+    drawn_groups = min(4, len(sample.groups))
+    # Title, one band of 120-pixel frames per group (plus captions), legend; frames beside canvases.
+    assert picture.shape[0] > 120 * drawn_groups + 60 and picture.shape[1] > 120 * 3
     red = (picture[..., 0] > 200) & (picture[..., 1] < 80) & (picture[..., 2] < 80)
     green = (picture[..., 1] > 180) & (picture[..., 0] < 80)
     assert red.any() and green.any()
     assert sample.selected and len(sample.selected) == len(sample.groups)
+
+
+def test_selection_summary_counts_what_the_model_gets(moving):
+    from llava_onevision2.processing.codec_visualization_llava_onevision2 import summarize_selection
+
+    data, _ = moving
+    sample = sample_codec_video(data, SMALL)
+    summary = summarize_selection(sample, SMALL)
+    grid_h, grid_w = sample.grid
+    assert summary.canvases == len(sample.canvases) == sum(group["canvases"] for group in sample.groups)
+    assert summary.visual_tokens == summary.canvases * grid_h * grid_w // 4
+    assert summary.frames_reached == len({int(t) for t in sample.positions[:, 0] if t >= 0})
+    assert summary.frames_reached <= summary.frames_sampled <= summary.total_frames
+    assert f"{summary.visual_tokens} visual tokens" in summary.title
 
 
 def codec_processor():

@@ -23,7 +23,7 @@ from llava_onevision2.training.data import (
     video_budget,
 )
 from llava_onevision2.training.recipe import load_recipe
-from llava_onevision2.training.sft import model_part, prepare
+from llava_onevision2.training.sft import model_part, prepare, sft_config
 from llava_onevision2.training.toy import build_toy_processor, write_toy_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -262,6 +262,34 @@ def test_learning_rate_groups_per_part(toy, tmp_path):
     for group in optimizer.param_groups:
         if any(id(p) in vision_ids for p in group["params"]):
             assert group["lr"] == 2.0e-6 and all(id(p) in vision_ids for p in group["params"])
+
+
+def recipe_with_training(toy, tmp_path, **training):
+    """The stage-2 recipe with its checkpointing setting replaced by `training`."""
+    extra = ["training.activation_checkpointing=null"] + [f"training.{key}={value}" for key, value in training.items()]
+    return load_recipe(str(CONFIGS / "stage2_instruct.yaml"), stage_overrides(toy, tmp_path, extra))
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [({}, True), ({"gradient_checkpointing": False}, False), ({"activation_checkpointing": False}, False)],
+)
+def test_training_config_is_built_without_warnings(toy, tmp_path, given, expected):
+    """Our own SFTConfig call spells checkpointing with transformers' current name (TRL defaults the deprecated one
+    to True) and does not ask for pinned memory without a GPU; a recipe's either spelling takes effect."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = sft_config(recipe_with_training(toy, tmp_path, **given))
+    assert config.activation_checkpointing is expected and config.gradient_checkpointing is expected
+    assert config.dataloader_pin_memory is torch.cuda.is_available()
+
+
+def test_contradicting_checkpointing_names_fail_loudly(toy, tmp_path):
+    recipe = recipe_with_training(toy, tmp_path, gradient_checkpointing=True, activation_checkpointing=False)
+    with pytest.raises(ValueError, match="contradicts training.activation_checkpointing"):
+        sft_config(recipe)
 
 
 @pytest.mark.slow

@@ -182,8 +182,27 @@ def sft_config(recipe: Recipe) -> SFTConfig:
     values.setdefault("report_to", "none")
     # TRL defaults to bf16 mixed precision, which needs a GPU that supports it.
     values.setdefault("bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    values.setdefault("dataloader_pin_memory", torch.cuda.is_available())  # pinning without a GPU only warns
     values.pop("resume_from_checkpoint", None)
+    use_current_checkpointing_names(values)
     return SFTConfig(**values)
+
+
+def use_current_checkpointing_names(values: dict) -> None:
+    """Spell activation checkpointing with transformers' current names.
+
+    TRL's configs default the deprecated `gradient_checkpointing` to True, so every SFTConfig built without the new
+    name warns. A recipe may use either spelling; both are mapped onto `activation_checkpointing*` (TRL's default,
+    on, when neither is given), and the old names are left unset."""
+    for old, new, default in (
+        ("gradient_checkpointing", "activation_checkpointing", True),
+        ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs", None),
+    ):
+        given_old, given_new = values.pop(old, None), values.get(new)
+        if given_old is not None and given_new is not None and given_old != given_new:
+            raise ValueError(f"training.{old}={given_old!r} contradicts training.{new}={given_new!r}; set one.")
+        values[new] = next((value for value in (given_new, given_old) if value is not None), default)
+        values[old] = None
 
 
 def enable_fsdp_on_cpu(trainer) -> None:
@@ -249,7 +268,9 @@ def prepare(recipe: Recipe, model=None, processor=None):
 
 
 def run(recipe: Recipe) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our progress lines at INFO, libraries at WARNING (accelerate repeats an INFO line on every evaluation pass).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
     trainer, processor, stats = prepare(recipe)
     result = trainer.train(resume_from_checkpoint=recipe.training.get("resume_from_checkpoint"))
     output_dir = trainer.args.output_dir

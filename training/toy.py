@@ -5,6 +5,10 @@ of four directions ("Which way does the shape move?" -> "left"), written as LLaV
 Model: a tiny LLaVA-OneVision-2 trained from scratch with a byte-level BPE tokenizer trained on the toy corpus.
 
     python -m llava_onevision2.training.toy run --output runs/toy     # data, processor, all stages, evaluation
+    python -m llava_onevision2.training.toy ship --output runs/toy --into demo/toy_model   # the demo's model
+
+Held-out evaluation: colour (images), motion with uniform frames and with codec sampling, and brief events (a shape
+crossing a still 6 s scene in 0.6 s) answered with codec sampling and with uniform frames at the same token budget.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -32,6 +38,8 @@ COLOURS = {
 SHAPES = ("square", "circle", "triangle")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SIZE = 64
+PATCH, MERGE = 8, 2
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".ts")
 COLOUR_QUESTION = "What colour is the shape?"
 MOTION_QUESTION = "Which way does the shape move?"
 SPECIAL_TOKENS = [
@@ -50,8 +58,28 @@ TOY_STAGES = ("stage0_alignment", "stage1_video_bootstrap", "stage2_instruct", "
 # -- media ----------------------------------------------------------------------------------------------------------
 
 
-def draw_shape(colour: str, shape: str, center: tuple[float, float], radius: int, background: int) -> Image.Image:
-    image = Image.new("RGB", (SIZE, SIZE), (background,) * 3)
+def scene_background(rng: random.Random) -> Image.Image:
+    """A static grey scene: a flat base with a few grey rectangles. Frames with texture are not flat (codec sampling
+    skips flat frames as unusable), and the scene stays still, so only the shape changes between frames."""
+    base = rng.randint(185, 235)
+    image = Image.new("RGB", (SIZE, SIZE), (base,) * 3)
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(3, 5)):
+        left, top = rng.randint(0, SIZE - 8), rng.randint(0, SIZE - 8)
+        width, height = rng.randint(6, 22), rng.randint(6, 22)
+        level = max(0, min(255, base + rng.choice((-1, 1)) * rng.randint(20, 45)))
+        draw.rectangle([left, top, left + width, top + height], fill=(level,) * 3)
+    return image
+
+
+def draw_shape(
+    colour: str, shape: str, center: tuple[float, float], radius: int, background: int | Image.Image
+) -> Image.Image:
+    """The shape drawn over `background` (a grey level, or a scene image that is left untouched)."""
+    if isinstance(background, Image.Image):
+        image = background.copy()
+    else:
+        image = Image.new("RGB", (SIZE, SIZE), (background,) * 3)
     draw = ImageDraw.Draw(image)
     x, y = center
     box = [x - radius, y - radius, x + radius, y + radius]
@@ -64,25 +92,54 @@ def draw_shape(colour: str, shape: str, center: tuple[float, float], radius: int
     return image
 
 
-def write_moving_video(path: str, colour: str, shape: str, direction: str, frames: int, rng: random.Random) -> None:
-    dx, dy = DIRECTIONS[direction]
-    radius, step = rng.randint(7, 10), rng.randint(6, 8)
-    travel = step * (frames - 1)
-    start_x = SIZE / 2 - dx * travel / 2 + rng.randint(-4, 4)
-    start_y = SIZE / 2 - dy * travel / 2 + rng.randint(-4, 4)
-    background = rng.randint(200, 250)
+def write_video(path: str, frames: list[Image.Image], rate: int, keyframe_interval: int | None = None) -> None:
+    """H.264 MP4 of `frames` at `rate` frames per second (`keyframe_interval`: None keeps the encoder's default)."""
     with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=4)
+        stream = container.add_stream("libx264", rate=rate)
         stream.width = stream.height = SIZE
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "g": "4"}
-        for index in range(frames):
-            center = (start_x + dx * step * index, start_y + dy * step * index)
-            image = draw_shape(colour, shape, center, radius, background)
+        stream.options = {"crf": "18"} | ({"g": str(keyframe_interval)} if keyframe_interval else {})
+        for image in frames:
             for packet in stream.encode(av.VideoFrame.from_image(image)):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def straight_path(direction: str, steps: int, step: int, rng: random.Random) -> list[tuple[float, float]]:
+    """Centres of a shape crossing the middle of the frame in `direction`, `step` pixels per frame."""
+    dx, dy = DIRECTIONS[direction]
+    travel = step * (steps - 1)
+    start_x = SIZE / 2 - dx * travel / 2 + rng.randint(-4, 4)
+    start_y = SIZE / 2 - dy * travel / 2 + rng.randint(-4, 4)
+    return [(start_x + dx * step * index, start_y + dy * step * index) for index in range(steps)]
+
+
+def write_moving_video(path: str, colour: str, shape: str, direction: str, frames: int, rng: random.Random) -> None:
+    """A shape moving steadily in `direction` over a still scene for the whole clip (4 frames per second)."""
+    radius, step = rng.randint(7, 10), rng.randint(6, 8)
+    scene = scene_background(rng)
+    path_points = straight_path(direction, frames, step, rng)
+    write_video(path, [draw_shape(colour, shape, c, radius, scene) for c in path_points], rate=4, keyframe_interval=4)
+
+
+BRIEF_FRAMES, BRIEF_EVENT_FRAMES, BRIEF_RATE = 48, 5, 8
+
+
+def write_brief_event_video(path: str, colour: str, shape: str, direction: str, rng: random.Random) -> tuple[int, int]:
+    """A still scene for 6 s (48 frames at 8 fps) that a shape crosses in `direction` during 5 frames only (0.6 s);
+    before and after, the scene is empty. Returns the first and last frame of the event.
+
+    One frame of the event shows where the shape is, not where it goes: answering needs two frames of those five."""
+    radius = rng.randint(7, 9)
+    scene = scene_background(rng)
+    first = rng.randint(4, BRIEF_FRAMES - BRIEF_EVENT_FRAMES - 4)
+    path_points = straight_path(direction, BRIEF_EVENT_FRAMES, 8, rng)
+    frames = [scene] * first
+    frames += [draw_shape(colour, shape, c, radius, scene) for c in path_points]
+    frames += [scene] * (BRIEF_FRAMES - len(frames))
+    write_video(path, frames, rate=BRIEF_RATE)
+    return first, first + BRIEF_EVENT_FRAMES - 1
 
 
 def llava_record(media_key: str, media: str, question: str, answer: str) -> dict:
@@ -96,37 +153,49 @@ def llava_record(media_key: str, media: str, question: str, answer: str) -> dict
     }
 
 
-def write_toy_dataset(root: str, images: int = 600, videos: int = 600, frames: int = 6, seed: int = 0) -> dict:
-    """Write media and JSONL files (captions and questions, train and held-out) under `root`; returns the paths."""
+def write_toy_dataset(
+    root: str, images: int = 600, videos: int = 1800, frames: int = 6, brief: int | None = None, seed: int = 0
+) -> dict:
+    """Write media and JSONL files (captions and questions, train and held-out) under `root`; returns the paths.
+
+    Counts are the training set's; each held-out set is a fifth as large, at most 120. `brief` brief-event clips
+    (default: a quarter of `videos`) get motion questions of their own (`{split}_questions_brief.jsonl`): the held-out
+    ones measure what codec sampling buys at an equal token budget. Motion clips are many because the tiny model
+    memorises a few hundred instead of learning to compare frames."""
+    brief = videos // 4 if brief is None else brief
     rng = random.Random(seed)
     media = Path(root) / "media"
     media.mkdir(parents=True, exist_ok=True)
     files = {}
-    for split, count_images, count_videos in (("train", images, videos), ("heldout", images // 5, videos // 5)):
-        captions_image, captions_video, questions_image, questions_video = [], [], [], []
-        for index in range(count_images):
+    for split, size in (("train", lambda count: count), ("heldout", lambda count: min(count // 5, 120))):
+        records = {kind: [] for kind in ("captions_image", "captions_video", "questions_image", "questions_video")}
+        records["questions_brief"] = []
+        for index in range(size(images)):
             colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
             name = f"{split}_image_{index:05d}.png"
             center = (rng.randint(16, 48), rng.randint(16, 48))
             draw_shape(colour, shape, center, rng.randint(7, 14), rng.randint(200, 250)).save(media / name)
-            captions_image.append(llava_record("image", name, "Describe the image.", f"A {colour} {shape}."))
-            questions_image.append(llava_record("image", name, COLOUR_QUESTION, colour))
-        for index in range(count_videos):
+            records["captions_image"].append(
+                llava_record("image", name, "Describe the image.", f"A {colour} {shape}.")
+            )
+            records["questions_image"].append(llava_record("image", name, COLOUR_QUESTION, colour))
+        for index in range(size(videos)):
             colour, shape, direction = rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(list(DIRECTIONS))
             name = f"{split}_video_{index:05d}.mp4"
             write_moving_video(str(media / name), colour, shape, direction, frames, rng)
-            captions_video.append(
-                llava_record("video", name, "Describe the video.", f"A {colour} {shape} moves {direction}.")
-            )
-            questions_video.append(llava_record("video", name, MOTION_QUESTION, direction))
-        for kind, records in (
-            ("captions_image", captions_image),
-            ("captions_video", captions_video),
-            ("questions_image", questions_image),
-            ("questions_video", questions_video),
-        ):
+            caption = f"A {colour} {shape} moves {direction}."
+            records["captions_video"].append(llava_record("video", name, "Describe the video.", caption))
+            records["questions_video"].append(llava_record("video", name, MOTION_QUESTION, direction))
+        for index in range(size(brief)):
+            colour, shape, direction = rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(list(DIRECTIONS))
+            name = f"{split}_brief_{index:05d}.mp4"
+            first, last = write_brief_event_video(str(media / name), colour, shape, direction, rng)
+            record = llava_record("video", name, MOTION_QUESTION, direction)
+            record["event_frames"] = [first, last]
+            records["questions_brief"].append(record)
+        for kind, kind_records in records.items():
             path = Path(root) / f"{split}_{kind}.jsonl"
-            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            path.write_text("".join(json.dumps(r) + "\n" for r in kind_records))
             files[f"{split}_{kind}"] = str(path)
     return files
 
@@ -185,7 +254,7 @@ def build_toy_processor(output_dir: str | None = None):
     from ..processing.processing_llava_onevision2 import LlavaOnevision2Processor
     from ..processing.video_processing_llava_onevision2 import LlavaOnevision2VideoProcessor
 
-    pixels = dict(patch_size=8, merge_size=2, min_pixels=SIZE * SIZE, max_pixels=SIZE * SIZE)
+    pixels = dict(patch_size=PATCH, merge_size=MERGE, min_pixels=SIZE * SIZE, max_pixels=SIZE * SIZE)
     processor = LlavaOnevision2Processor(
         image_processor=LlavaOnevision2ImageProcessor(**pixels),
         tokenizer=build_tokenizer(toy_corpus()),
@@ -224,38 +293,130 @@ def toy_model_config(processor):
 # -- evaluation -----------------------------------------------------------------------------------------------------
 
 
-def evaluate(model, processor, records_path: str, media_root: str, limit: int | None = None) -> float:
+@dataclass
+class Answer:
+    """One greedy answer and what the model was shown to give it."""
+
+    text: str
+    visual_tokens: int
+    frames_reached: int  # distinct source frames that contributed tokens
+
+    @property
+    def first_word(self) -> str:
+        words = self.text.strip().strip(".").split()
+        return words[0].lower().strip(".,") if words else ""
+
+
+def ask(model, processor, media: str, question: str, max_new_tokens: int = 4, **processor_kwargs) -> Answer:
+    """Greedy answer to `question` about one image or video file; `processor_kwargs` reach the video processor
+    (e.g. `video_backend="codec"`, `num_frames=3`)."""
+    kind = "video" if media.endswith(VIDEO_SUFFIXES) else "image"
+    messages = [{"role": "user", "content": [{"type": kind, kind: media}, {"type": "text", "text": question}]}]
+    inputs = processor.apply_chat_template(
+        messages,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs=processor_kwargs,
+    ).to(model.device)
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    text = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    placeholders = (processor.image_token_id, processor.video_token_id)
+    tokens = int(sum((inputs["input_ids"] == token).sum() for token in placeholders))
+    positions = inputs.get("video_patch_positions", inputs.get("patch_positions"))
+    reached = len({int(t) for t in positions[:, 0] if t >= 0}) if positions is not None else 1
+    return Answer(text=text, visual_tokens=tokens, frames_reached=reached)
+
+
+def read_records(records_path: str, limit: int | None = None) -> list[dict]:
+    return [json.loads(line) for line in Path(records_path).read_text().splitlines()][:limit]
+
+
+def question_and_media(record: dict, media_root: str) -> tuple[str, str, str]:
+    kind = "image" if "image" in record else "video"
+    question = record["conversations"][0]["value"].split("\n", 1)[1]
+    return question, os.path.join(media_root, record[kind]), record["conversations"][1]["value"]
+
+
+def evaluate(
+    model, processor, records_path: str, media_root: str, limit: int | None = None, **processor_kwargs
+) -> float:
     """Greedy answers on held-out questions; the share whose first word is the expected answer."""
-    records = [json.loads(line) for line in Path(records_path).read_text().splitlines()][:limit]
     model.eval()
+    records = read_records(records_path, limit)
     correct = 0
     for record in records:
-        kind = "image" if "image" in record else "video"
-        question = record["conversations"][0]["value"].split("\n", 1)[1]
-        messages = [
-            {
-                "role": "user",
-                "content": [
-                    {"type": kind, kind: os.path.join(media_root, record[kind])},
-                    {"type": "text", "text": question},
-                ],
-            }
-        ]
-        inputs = processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-        )
-        with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-        answer = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        words = answer.strip().strip(".").split()
-        correct += bool(words) and words[0].lower() == record["conversations"][1]["value"]
+        question, media, expected = question_and_media(record, media_root)
+        correct += ask(model, processor, media, question, **processor_kwargs).first_word == expected
     return correct / max(1, len(records))
+
+
+def tokens_per_frame(processor, video: str) -> int:
+    """Visual tokens one uniformly sampled frame of `video` costs with this processor."""
+    grid = processor.video_processor(videos=[video], video_backend="frames", num_frames=1, max_frames=1)
+    _, height, width = (int(x) for x in grid["video_grid_thw"][0])
+    return height * width // processor.video_processor.merge_size**2
+
+
+def equal_budget_answers(model, processor, video: str, question: str, max_new_tokens: int = 4) -> dict[str, Answer]:
+    """Codec sampling, then uniform frames given the same visual-token budget (as many whole frames as fit in the
+    codec answer's tokens; with the toy processor a frame and a canvas cost the same, so the budgets are equal)."""
+    codec = ask(model, processor, video, question, max_new_tokens, video_backend="codec")
+    frames = max(1, codec.visual_tokens // tokens_per_frame(processor, video))
+    uniform = ask(
+        model, processor, video, question, max_new_tokens, video_backend="frames", num_frames=frames, max_frames=frames
+    )
+    return {"codec": codec, "uniform": uniform}
+
+
+def evaluate_equal_budget(model, processor, records_path: str, media_root: str, limit: int | None = None) -> dict:
+    """Held-out brief-event questions answered with codec sampling and with uniform frames at the same token count:
+    accuracy of each, and the mean tokens and source frames each spent per video."""
+    model.eval()
+    records = read_records(records_path, limit)
+    correct = dict.fromkeys(("codec", "uniform"), 0)
+    tokens = dict.fromkeys(("codec", "uniform"), 0)
+    reached = dict.fromkeys(("codec", "uniform"), 0)
+    for record in records:
+        question, media, expected = question_and_media(record, media_root)
+        answers = equal_budget_answers(model, processor, media, question)
+        if answers["uniform"].visual_tokens != answers["codec"].visual_tokens:
+            raise RuntimeError(f"{media}: the two methods were given different token budgets: {answers}")
+        for method, answer in answers.items():
+            correct[method] += answer.first_word == expected
+            tokens[method] += answer.visual_tokens
+            reached[method] += answer.frames_reached
+    count = max(1, len(records))
+    return {
+        "accuracy": {method: value / count for method, value in correct.items()},
+        "visual_tokens_per_video": {method: value / count for method, value in tokens.items()},
+        "frames_reached_per_video": {method: value / count for method, value in reached.items()},
+        "videos": len(records),
+    }
+
+
+def evaluate_toy_model(model, processor, data_root: str, limit: int | None = None) -> dict:
+    """Every held-out measure of the toy model: colour (images), motion with frames and with codec sampling, and the
+    brief-event set with codec sampling against uniform frames at an equal token budget."""
+    root = Path(data_root)
+    media = str(root / "media")
+    motion = str(root / "heldout_questions_video.jsonl")
+    return {
+        "colour": evaluate(model, processor, str(root / "heldout_questions_image.jsonl"), media, limit),
+        "motion_frames": evaluate(model, processor, motion, media, limit, video_backend="frames"),
+        "motion_codec": evaluate(model, processor, motion, media, limit, video_backend="codec"),
+        "brief_event": evaluate_equal_budget(
+            model, processor, str(root / "heldout_questions_brief.jsonl"), media, limit
+        ),
+    }
 
 
 # -- the whole curriculum -------------------------------------------------------------------------------------------
 
 
-def run_curriculum(output: str, images: int = 600, videos: int = 600, seed: int = 0, extra_overrides=()) -> dict:
+def run_curriculum(output: str, images: int = 600, videos: int = 1800, seed: int = 0, extra_overrides=()) -> dict:
     """Data, processor, every toy stage in order (each resuming from the previous), then held-out accuracy."""
     from ..modeling import LlavaOnevision2ForConditionalGeneration
 
@@ -287,14 +448,7 @@ def run_curriculum(output: str, images: int = 600, videos: int = 600, seed: int 
         previous = output_path / stage
     processor = build_toy_processor()
     model = LlavaOnevision2ForConditionalGeneration.from_pretrained(previous)
-    accuracy = {
-        "colour": evaluate(
-            model, processor, str(data_root / "heldout_questions_image.jsonl"), str(data_root / "media")
-        ),
-        "motion": evaluate(
-            model, processor, str(data_root / "heldout_questions_video.jsonl"), str(data_root / "media")
-        ),
-    }
+    accuracy = evaluate_toy_model(model, processor, str(data_root))
     summary = {
         "accuracy": accuracy,
         "chance": {"colour": 1 / len(COLOURS), "motion": 1 / len(DIRECTIONS)},
@@ -302,6 +456,47 @@ def run_curriculum(output: str, images: int = 600, videos: int = 600, seed: int 
     }
     (output_path / "toy_results.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
+
+
+def ship_toy_model(run_output: str, into: str) -> dict:
+    """Run the whole curriculum into `run_output`, then write its final model where the demo ships it (`into`)."""
+    summary = run_curriculum(run_output)
+    write_shipped_model(run_output, into)
+    return summary
+
+
+def write_shipped_model(run_output: str, into: str) -> None:
+    """The final model of a finished curriculum run, the toy processor and the held-out results, into `into`
+    (weights, config, tokenizer and processor settings; no code: it loads with this package's classes)."""
+    target = Path(into)
+    target.mkdir(parents=True, exist_ok=True)
+    for stale in target.iterdir():
+        if stale.is_file():
+            stale.unlink()
+    final = Path(run_output) / TOY_STAGES[-1]
+    for name in MODEL_FILES:
+        shutil.copy2(final / name, target / name)
+    build_toy_processor(str(target))
+    drop_remote_code(target)
+    shutil.copy2(Path(run_output) / "toy_results.json", target / "toy_results.json")
+
+
+def drop_remote_code(folder: Path) -> None:
+    """Remove the code files `save_pretrained` copies and the `auto_map` entries pointing at them: the shipped model
+    is loaded with this package's classes, and a stale copy of the code must not ride along."""
+    for code in folder.glob("*.py"):
+        code.unlink()
+    for settings in folder.glob("*.json"):
+        values = json.loads(settings.read_text())
+        if isinstance(values, dict):
+            values.pop("auto_map", None)
+            for nested in values.values():
+                if isinstance(nested, dict):
+                    nested.pop("auto_map", None)
+            settings.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def last_loss(report: dict) -> float | None:
@@ -315,14 +510,19 @@ def main(argv=None) -> int:
     data = sub.add_parser("make-data", help="write the toy dataset")
     data.add_argument("--root", required=True)
     data.add_argument("--images", type=int, default=600)
-    data.add_argument("--videos", type=int, default=600)
+    data.add_argument("--videos", type=int, default=1800)
     runner = sub.add_parser("run", help="data, processor, every toy stage, evaluation")
     runner.add_argument("--output", required=True)
     runner.add_argument("--images", type=int, default=600)
-    runner.add_argument("--videos", type=int, default=600)
+    runner.add_argument("--videos", type=int, default=1800)
+    ship = sub.add_parser("ship", help="run the curriculum and write its final model where the demo ships it")
+    ship.add_argument("--output", required=True, help="folder for the run (data, every stage)")
+    ship.add_argument("--into", required=True, help="folder of the shipped model (demo/toy_model)")
     args = parser.parse_args(argv)
     if args.command == "make-data":
         print(json.dumps(write_toy_dataset(args.root, args.images, args.videos), indent=2))
+    elif args.command == "ship":
+        print(json.dumps(ship_toy_model(args.output, args.into), indent=2))
     else:
         print(json.dumps(run_curriculum(args.output, args.images, args.videos), indent=2))
     return 0
