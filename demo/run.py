@@ -24,8 +24,9 @@ from ..processing.processing_llava_onevision2 import LlavaOnevision2Processor
 from ..training.toy import BRIEF_RATE, MOTION_QUESTION, Answer, equal_budget_answers, write_brief_event_video
 
 SHIPPED_MODEL = Path(__file__).resolve().parent / "toy_model"
-# The generated clip: its seed is outside the toy dataset's, so the shipped model has not seen it.
-DEMO_CLIP = {"colour": "red", "shape": "circle", "direction": "left", "seed": 2026}
+# The generated clip (blue, so that it stands out from the red block marks of the picture): its seed is outside the
+# toy dataset's, so the shipped model has not seen it.
+DEMO_CLIP = {"colour": "blue", "shape": "circle", "direction": "left", "seed": 2026}
 REAL_MODEL_QUESTION = "Describe what happens in this video."
 
 
@@ -166,7 +167,7 @@ def format_report(report: DemoReport) -> str:
     ]
     lines.append(f"{'':16}{'answer':<24}{'visual tokens':>14}{'frames seen':>13}")
     for name, result in (("codec sampling", report.codec), ("uniform frames", report.uniform)):
-        mark = "" if result.correct is None else ("  (right)" if result.correct else "  (wrong)")
+        mark = "" if result.correct is None else ("  (correct)" if result.correct else "  (wrong)")
         answer = (result.answer[:21] + "...") if len(result.answer) > 24 else result.answer
         lines.append(f"{name:<16}{answer + mark:<24}{result.visual_tokens:>14}{result.frames_reached:>13}")
     if report.heldout and "brief_event" in report.heldout:
