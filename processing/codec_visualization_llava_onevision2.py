@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .codec_sampling_llava_onevision2 import CodecSample, CodecSamplingConfig, sample_codec_video
+from .vision_layout_llava_onevision2 import merged_token_count
 
 ANCHOR_COLOUR = (40, 200, 60)
 BLOCK_COLOUR = (235, 40, 40)
@@ -49,7 +50,7 @@ class SelectionSummary:
 
 def summarize_selection(sample: CodecSample, config: CodecSamplingConfig) -> SelectionSummary:
     grid_h, grid_w = sample.grid
-    tokens_per_canvas = grid_h * grid_w // (config.merge * config.merge)
+    tokens_per_canvas = merged_token_count((1, grid_h, grid_w), config.merge)
     return SelectionSummary(
         groups=len(sample.groups),
         canvases=len(sample.canvases),

@@ -2,6 +2,7 @@
 shipped weights against a fresh build of the toy curriculum."""
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from llava_onevision2.demo import SHIPPED_MODEL, run_demo
 from llava_onevision2.demo.run import DEMO_CLIP, format_report, load_model
-from llava_onevision2.training.toy import MODEL_FILES, evaluate_toy_model, ship_toy_model
+from llava_onevision2.training.toy import MODEL_FILES, evaluate_toy_model, ship_toy_model, write_moving_video
 
 NOISE = ("Warning", "warning:", " INFO ", "it/s]", "s/it]", "Loading weights")
 
@@ -75,11 +76,7 @@ def test_demo_command_answers_quietly_with_the_shipped_model(tmp_path):
 
 def test_demo_on_a_user_video_has_no_ground_truth(tmp_path):
     """MODEL=/VIDEO= path: the truth is unknown, so nothing is marked right or wrong."""
-    from llava_onevision2.training.toy import write_moving_video
-
     video = str(tmp_path / "clip.mp4")
-    import random
-
     write_moving_video(video, "green", "square", "up", frames=6, rng=random.Random(3))
     report = run_demo(str(SHIPPED_MODEL), video, "Which way does the shape move?", str(tmp_path / "out"))
     assert report.ground_truth is None and report.codec.correct is None and report.uniform.correct is None

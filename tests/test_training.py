@@ -122,11 +122,10 @@ def test_weighted_mixture_draws_from_every_source(tmp_path):
 def samples_for(records, processor, root, max_length=512, stats=None):
     path = Path(root) / "records.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    raw = mix_sources([DataSource(str(path), media_root=str(root))])
+    source = DataSource(str(path), media_root=str(root))
+    raw = mix_sources([source])
     ladder = budget_ladder(4096, 4, 4096)
-    return list(
-        processed_samples(raw, processor, max_length, ladder, "frames", stats, {"records.jsonl": ("auto", str(root))})
-    )
+    return list(processed_samples(raw, processor, max_length, ladder, "frames", stats, {"records.jsonl": source}))
 
 
 def test_labels_cover_only_assistant_turns(processor, toy):
@@ -262,6 +261,28 @@ def test_learning_rate_groups_per_part(toy, tmp_path):
     for group in optimizer.param_groups:
         if any(id(p) in vision_ids for p in group["params"]):
             assert group["lr"] == 2.0e-6 and all(id(p) in vision_ids for p in group["params"])
+
+
+def test_a_source_can_sample_its_videos_its_own_way(processor, toy):
+    """One stage mixes views of the same clips: a source's `video_backend` overrides the stage's for its records."""
+    media = str(toy / "data" / "media")
+    record = (toy / "data" / "train_questions_video.jsonl").read_text().splitlines()[0]
+    rows = [{"record": record, "source": "codec_view"}, {"record": record, "source": "frames_view"}]
+    sources = {
+        "codec_view": DataSource(path="unused", format="llava", media_root=media, video_backend="codec"),
+        "frames_view": DataSource(path="unused", format="llava", media_root=media),
+    }
+    codec, frames = processed_samples(rows, processor, 512, budget_ladder(4096, 6, 4096), "frames", sources=sources)
+    assert "pixel_values_videos" in frames
+    assert "pixel_values_videos" not in codec and "patch_positions" in codec  # canvases travel in the image keys
+    assert frames["video_grid_thw"][0][0] == 4 and codec["image_grid_thw"][0][0] < 4  # 4 frames vs fewer canvases
+
+
+def test_an_unknown_source_backend_fails_before_training(toy, tmp_path):
+    sources = "data.sources=[{path: train_questions_video.jsonl, media_root: media, video_backend: keyframes}]"
+    recipe = load_recipe(str(CONFIGS / "stage2_instruct.yaml"), stage_overrides(toy, tmp_path, [sources]))
+    with pytest.raises(ValueError, match="video_backend 'keyframes' is not one of"):
+        prepare(recipe)
 
 
 def recipe_with_training(toy, tmp_path, **training):

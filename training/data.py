@@ -50,11 +50,12 @@ class DataSource:
     media_root: str | None = None
     weight: float = 1.0
     streaming: bool = False
-    name: str | None = None
+    name: str | None = None  # needed when one file is listed twice (e.g. once per video_backend)
+    video_backend: str | None = None  # None: the stage's data.video_backend
 
     @classmethod
     def from_dict(cls, values: dict) -> DataSource:
-        unknown = set(values) - {"path", "format", "media_root", "weight", "streaming", "name"}
+        unknown = set(values) - {"path", "format", "media_root", "weight", "streaming", "name", "video_backend"}
         if unknown:
             raise ValueError(f"Unknown keys in data source {values.get('path')!r}: {sorted(unknown)}.")
         return cls(**values)
@@ -327,17 +328,18 @@ def processed_samples(
     budgets: list[Budget],
     video_backend: str = "frames",
     stats: SampleStats | None = None,
-    formats: dict[str, tuple[str, str | None]] | None = None,
+    sources: dict[str, DataSource] | None = None,
 ) -> Iterator[dict]:
-    """Model inputs for each usable record, in order; unusable ones are counted in `stats` and skipped."""
+    """Model inputs for each usable record, in order; unusable ones are counted in `stats` and skipped. `sources`
+    (by name) gives each record's format, media root and, where the source sets one, its own video back-end."""
     stats = stats if stats is not None else SampleStats()
-    formats = formats or {}
+    sources = sources or {}
     for index, row in enumerate(records):
         where = f"#{index} of {row.get('source', 'data')}"
         try:
             record = json.loads(row["record"]) if "record" in row else row
-            source_format, media_root = formats.get(row.get("source"), ("auto", None))
-            messages = to_messages(record, source_format, media_root)["messages"]
+            source = sources.get(row.get("source")) or DataSource(path="")
+            messages = to_messages(record, source.format, source.media_root)["messages"]
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
             stats.drop("malformed record", where, f"{type(error).__name__}: {error}")
             check_not_systematic(stats)
@@ -345,7 +347,7 @@ def processed_samples(
         sample = None
         for attempt, budget in enumerate(budgets):
             try:
-                encoded = encode_conversation(processor, messages, budget, video_backend)
+                encoded = encode_conversation(processor, messages, budget, source.video_backend or video_backend)
             except (OSError, ValueError) as error:  # unreadable media, bad files, placeholder mismatches
                 stats.drop(f"unreadable sample ({type(error).__name__})", where, str(error)[:200])
                 break

@@ -163,12 +163,23 @@ def resolve_sources(recipe: Recipe) -> list[DataSource]:
 def training_dataset(recipe: Recipe, processor, stats: SampleStats) -> datasets.IterableDataset:
     sources = resolve_sources(recipe)
     raw = mix_sources(sources, seed=recipe.data.seed)
-    formats = {source_name(s): (s.format, s.media_root) for s in sources}
+    by_name = {source_name(s): s for s in sources}
+    if len(by_name) < len(sources):
+        raise ValueError(
+            "Two data sources share a name; give each a distinct `name` (e.g. one file listed per backend)."
+        )
+    backends = processor.video_processor.video_backends
+    for source in sources:
+        if source.video_backend is not None and source.video_backend not in backends:
+            raise ValueError(
+                f"Data source {source_name(source)!r}: video_backend {source.video_backend!r} is not one of "
+                f"{sorted(backends)}."
+            )
     budgets = budget_ladder(recipe.data.max_pixels, recipe.data.max_frames, recipe.data.video_max_pixels)
 
     def samples():
         yield from processed_samples(
-            raw, processor, recipe.data.max_length, budgets, recipe.data.video_backend, stats, formats
+            raw, processor, recipe.data.max_length, budgets, recipe.data.video_backend, stats, by_name
         )
 
     return datasets.IterableDataset.from_generator(samples)

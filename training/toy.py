@@ -355,9 +355,10 @@ def evaluate(
 
 def tokens_per_frame(processor, video: str) -> int:
     """Visual tokens one uniformly sampled frame of `video` costs with this processor."""
+    from ..processing.vision_layout_llava_onevision2 import merged_token_count
+
     grid = processor.video_processor(videos=[video], video_backend="frames", num_frames=1, max_frames=1)
-    _, height, width = (int(x) for x in grid["video_grid_thw"][0])
-    return height * width // processor.video_processor.merge_size**2
+    return merged_token_count(grid["video_grid_thw"][0], processor.video_processor.merge_size)
 
 
 def equal_budget_answers(model, processor, video: str, question: str, max_new_tokens: int = 4) -> dict[str, Answer]:
