@@ -106,16 +106,22 @@ def test_demo_names_a_missing_model_or_video(tmp_path):
 
 
 @pytest.mark.slow
-def test_shipped_weights_match_a_fresh_build_of_the_toy_curriculum(tmp_path):
-    """`make toy-model` from scratch (about 10 minutes on 2 cores): the fresh build meets the bar, and the shipped
-    weights score the same on the fresh build's held-out data (regenerated from the same seed) within a few clips."""
+def test_a_fresh_build_of_the_toy_curriculum_learns_and_the_shipped_results_reproduce(tmp_path):
+    """`make toy-model` from scratch (about 10 minutes on 2 cores).
+
+    Two builds do not give equal weights: runs that agree to four digits for 300 steps part where the loss leaves its
+    plateau, and the final models differ (one fresh build reached 99% frame-view motion where the shipped one has
+    64%). So the fresh build is held to a floor far above chance (25% motion, 17% colour), and the shipped weights to
+    their own stored results on the regenerated held-out data (same seed, same clips)."""
     fresh = ship_toy_model(str(tmp_path / "run"), str(tmp_path / "shipped"))["accuracy"]
-    meets_the_bar(fresh)
+    for name, floor in (("colour", 0.6), ("motion_frames", 0.5), ("motion_codec", 0.5)):
+        assert fresh[name] >= floor, (name, fresh[name])
+    assert fresh["brief_event"]["accuracy"]["codec"] > fresh["brief_event"]["accuracy"]["uniform"]
     model, processor = load_model(SHIPPED_MODEL)
     shipped = evaluate_toy_model(model, processor, str(tmp_path / "run" / "data"))
-    for results in (fresh, shipped_results()["accuracy"]):
-        for name in ("colour", "motion_frames", "motion_codec"):
-            assert abs(results[name] - shipped[name]) <= 0.1, (name, results[name], shipped[name])
-        for method in ("codec", "uniform"):
-            measured = results["brief_event"]["accuracy"][method]
-            assert abs(measured - shipped["brief_event"]["accuracy"][method]) <= 0.1, (method, measured)
+    stored = shipped_results()["accuracy"]
+    for name in ("colour", "motion_frames", "motion_codec"):
+        assert abs(stored[name] - shipped[name]) <= 0.05, (name, stored[name], shipped[name])
+    for method in ("codec", "uniform"):
+        measured = shipped["brief_event"]["accuracy"][method]
+        assert abs(stored["brief_event"]["accuracy"][method] - measured) <= 0.05, (method, measured)
