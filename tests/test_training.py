@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,17 @@ from llava_onevision2.training.collator import MultimodalCollator, first_fit_row
 from llava_onevision2.training.data import (
     DataSource,
     SampleStats,
+    SourceRecord,
     budget_ladder,
     llava_to_messages,
     messages_record,
-    mix_sources,
+    mixed_records,
     processed_samples,
     video_budget,
 )
 from llava_onevision2.training.recipe import load_recipe
 from llava_onevision2.training.sft import model_part, prepare, sft_config
+from llava_onevision2.training.sources import SourceRecords
 from llava_onevision2.training.toy import build_toy_processor, write_toy_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,13 +110,17 @@ def test_messages_records_fill_media_from_lists():
 def test_weighted_mixture_draws_from_every_source(tmp_path):
     for name, count in (("a", 50), ("b", 50)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"id": f"{name}{i}"}) + "\n" for i in range(count)))
-    mixed = mix_sources(
-        [DataSource(str(tmp_path / "a.jsonl"), weight=3.0), DataSource(str(tmp_path / "b.jsonl"), weight=1.0)]
-    )
-    first = [row["source"] for _, row in zip(range(40), mixed)]
-    assert first.count("a.jsonl") > 2 * first.count("b.jsonl") > 0
-    streamed = mix_sources([DataSource(str(tmp_path / "a.jsonl"), streaming=True)])
-    assert len(list(streamed)) == 50
+    sources = [DataSource(str(tmp_path / "a.jsonl"), weight=3.0), DataSource(str(tmp_path / "b.jsonl"), weight=1.0)]
+    mixed = mixed_records([(s, SourceRecords(s)) for s in sources], endless=True)
+    drawn = [item for _, item in zip(range(4000), mixed)]
+    share_a = sum(item.source == "a.jsonl" for item in drawn) / len(drawn)
+    assert abs(share_a - 0.75) < 0.03  # the weights are the proportions (sources restart when they run out)
+    b_passes = Counter(item.epoch for item in drawn if item.source == "b.jsonl")
+    assert len(b_passes) >= 18 and all(b_passes[epoch] == 50 for epoch in range(len(b_passes) - 1))  # whole passes
+    again = mixed_records([(s, SourceRecords(s)) for s in sources], endless=True)
+    assert [item.sample_id for _, item in zip(range(4000), again)] == [item.sample_id for item in drawn]
+    streamed = DataSource(str(tmp_path / "a.jsonl"), streaming=True)
+    assert len(list(mixed_records([(streamed, SourceRecords(streamed))]))) == 50
 
 
 # -- labels, packing, bad samples -----------------------------------------------------------------------------------
@@ -123,7 +130,7 @@ def samples_for(records, processor, root, max_length=512, stats=None):
     path = Path(root) / "records.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     source = DataSource(str(path), media_root=str(root))
-    raw = mix_sources([source])
+    raw = mixed_records([(source, SourceRecords(source))])
     ladder = budget_ladder(4096, 4, 4096)
     return list(processed_samples(raw, processor, max_length, ladder, "frames", stats, {"records.jsonl": source}))
 
@@ -237,7 +244,7 @@ def stage_overrides(toy, output, extra=()):
 @pytest.mark.parametrize("stage", STAGES)
 def test_one_step_of_each_stage_changes_only_its_parts(stage, toy, tmp_path):
     recipe = load_recipe(str(CONFIGS / stage), stage_overrides(toy, tmp_path))
-    trainer, processor, stats = prepare(recipe)
+    trainer, processor, stream = prepare(recipe)
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     result = trainer.train()
     assert np.isfinite(result.training_loss)
@@ -248,7 +255,7 @@ def test_one_step_of_each_stage_changes_only_its_parts(stage, toy, tmp_path):
     else:
         assert all("lora_" in name or "merger" in name for name in changed)
         assert not any("visual.encoder" in name for name in changed)
-    assert stats.used >= 4
+    assert stream.stats.used >= 4
 
 
 def test_learning_rate_groups_per_part(toy, tmp_path):
@@ -267,7 +274,7 @@ def test_a_source_can_sample_its_videos_its_own_way(processor, toy):
     """One stage mixes views of the same clips: a source's `video_backend` overrides the stage's for its records."""
     media = str(toy / "data" / "media")
     record = (toy / "data" / "train_questions_video.jsonl").read_text().splitlines()[0]
-    rows = [{"record": record, "source": "codec_view"}, {"record": record, "source": "frames_view"}]
+    rows = [SourceRecord("codec_view", 0, 0, record), SourceRecord("frames_view", 0, 0, record)]
     sources = {
         "codec_view": DataSource(path="unused", format="llava", media_root=media, video_backend="codec"),
         "frames_view": DataSource(path="unused", format="llava", media_root=media),

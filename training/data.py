@@ -1,18 +1,28 @@
-"""Training data: source adapters, weighted mixtures and processed samples with bad samples skipped and counted.
+"""Training data: record adapters, the sharded training stream and processed samples (bad ones skipped and counted).
 
 Every source record becomes one conversation in the transformers message format:
 
     {"messages": [{"role": "user", "content": [{"type": "image", "image": "/abs/a.jpg"}, {"type": "text", ...}]},
                   {"role": "assistant", "content": [{"type": "text", "text": "..."}]}]}
 
-Adapters:
-- `llava`: `{"image" | "images" | "video" | "videos": ..., "conversations": [{"from": "human" | "gpt" | "system",
-  "value": "... <image> ..."}]}`. Each `<image>` / `<video>` placeholder becomes a media item in place; when the
-  placeholder count does not match the media, the placeholders are dropped and all media go first in the first
-  user turn (as the upstream training data path does).
+Adapters (`format` of a source, or "auto": decided per record by its keys):
+- `llava`: `{"image" | "images" | "video" | "videos": ..., "conversations": [...]}` with turns in either released
+  style, `{"from": "human" | "gpt" | "system", "value": "..."}` or `{"role": "user" | "assistant" | "system",
+  "content": ...}` (a string, or a list of `{"type": "text" | "image" | "video", ...}` items). Each `<image>` /
+  `<video>` placeholder (or media item without data) takes the next listed medium in place; when their count does not
+  match the media, the placeholders are dropped and all media go first in the first user turn (as the upstream
+  training data path does).
 - `messages`: `{"messages": [...], "images": [...], "videos": [...]}` (TRL's convention: media items without data
-  take the listed files in order), or items that carry their own path.
-Relative media paths resolve against the source's `media_root`.
+  take the listed files in order), or items that carry their own data.
+- `texts`: FineVision's `{"images": [...], "texts": [{"user": ..., "assistant": ...}, ...]}`.
+Media may be paths (relative ones resolve against the source's `media_root`), embedded images (`datasets.Image`
+values as `{"bytes", "path"}`, raw bytes, PIL images) and embedded videos (bytes, `{"bytes", "path"}`), single or
+listed. Other column names are mapped per source with `columns:` (see `sources.py`).
+
+`TrainingStream` is what a stage trains on: an endless, deterministic weighted interleaving of the sources
+(`mixed_records`) dealt round-robin to every (rank, DataLoader worker) pair, so each record is decoded once per pass
+across all ranks and workers, and every rank can always fill its next batch (equal optimizer steps on every rank,
+however unevenly bad samples fall; the stage ends at `max_steps`).
 
 `processed_samples` turns records into model inputs with the processor and its chat template; labels cover only
 assistant turns (their text and the closing `<|im_end|>`). A sample longer than `max_length` is retried with smaller
@@ -22,58 +32,81 @@ by reason in a `SampleStats` and logged; none stops the run.
 
 from __future__ import annotations
 
+import glob
+import io
 import json
 import logging
 import os
+import random
 import re
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
-import datasets
 import numpy as np
+import torch
 
 from ..processing.processing_llava_onevision2 import marks_assistant_turns
+from .sources import DataSource, SourceRecords, rename_columns, unpack_webdataset_sample
 
 logger = logging.getLogger(__name__)
 
 PLACEHOLDER = re.compile(r"(<image>|<video>)")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-
-
-@dataclass
-class DataSource:
-    """One entry of a stage's data mixture."""
-
-    path: str
-    format: str = "auto"  # "llava", "messages" or "auto" (decided per record)
-    media_root: str | None = None
-    weight: float = 1.0
-    streaming: bool = False
-    name: str | None = None  # needed when one file is listed twice (e.g. once per video_backend)
-    video_backend: str | None = None  # None: the stage's data.video_backend
-
-    @classmethod
-    def from_dict(cls, values: dict) -> DataSource:
-        unknown = set(values) - {"path", "format", "media_root", "weight", "streaming", "name", "video_backend"}
-        if unknown:
-            raise ValueError(f"Unknown keys in data source {values.get('path')!r}: {sorted(unknown)}.")
-        return cls(**values)
+MEDIA_KINDS = ("image", "video")
 
 
 @dataclass
 class SampleStats:
-    """Counts of used and dropped samples, by reason (printed at the end of a run)."""
+    """Counts of used and dropped samples, by reason (printed at the end of a run). With `path` set, every change is
+    written there, so counts made in DataLoader worker processes reach the end-of-run report."""
 
     used: int = 0
     retried_smaller: int = 0
     dropped: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)
+    sample_ids: list | None = None  # the used samples' ids, in order, when asked for (`data.record_sample_ids`)
+    path: str | None = field(default=None, repr=False)
+
+    def use(self, sample_id: str, retried: bool) -> None:
+        self.used += 1
+        self.retried_smaller += retried
+        if self.sample_ids is not None:
+            self.sample_ids.append(sample_id)
+        self.save()
 
     def drop(self, reason: str, where: str, detail: str = "") -> None:
         self.dropped[reason] += 1
         self.examples.setdefault(reason, f"{where}: {detail}" if detail else where)
         logger.warning("Skipping sample %s: %s%s", where, reason, f" ({detail})" if detail else "")
+        self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        values = asdict(self)
+        values.pop("path")
+        temporary = f"{self.path}.tmp"
+        with open(temporary, "w") as handle:
+            json.dump(values, handle)
+        os.replace(temporary, self.path)  # a reader never sees half a file
+
+    def merge(self, other: SampleStats) -> None:
+        self.used += other.used
+        self.retried_smaller += other.retried_smaller
+        self.dropped.update(other.dropped)
+        for reason, example in other.examples.items():
+            self.examples.setdefault(reason, example)
+        if other.sample_ids is not None:
+            self.sample_ids = (self.sample_ids or []) + list(other.sample_ids)
+
+    @classmethod
+    def load(cls, path: str) -> SampleStats:
+        with open(path) as handle:
+            values = json.load(handle)
+        values["dropped"] = Counter(values["dropped"])
+        return cls(**values)
 
     def summary(self) -> str:
         if not self.dropped:
@@ -102,49 +135,110 @@ def as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def image_input(value, media_root: str | None):
+    """An image as the processor takes it: a path (resolved), or a PIL image opened from embedded bytes."""
+    if isinstance(value, dict):  # a `datasets.Image` value read without decoding
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        from PIL import Image
+
+        return Image.open(io.BytesIO(bytes(value)))  # lazy: pixels are decoded when the processor converts it
+    if isinstance(value, str):
+        return resolve_media(value, media_root)
+    if value is None:
+        raise ValueError("an image entry holds neither bytes nor a path")
+    return value
+
+
+def video_input(value, media_root: str | None):
+    """A video as the processor takes it: a path (resolved) or the encoded bytes."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, str):
+        return resolve_media(value, media_root)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise ValueError(f"a video entry must be a path or bytes, got {type(value).__name__}")
+
+
+MEDIA_INPUT = {"image": image_input, "video": video_input}
+
+
+def record_media(record: dict, kind: str, media_root: str | None) -> list:
+    """The record's listed images or videos (`images` or `image`, one or a list), ready for the processor."""
+    listed = record.get(f"{kind}s", record.get(kind))
+    return [MEDIA_INPUT[kind](value, media_root) for value in as_list(listed)]
+
+
+def turn_role(turn: dict) -> str:
+    speaker = turn.get("from", turn.get("role"))
+    role = ROLES.get(speaker)
+    if role is None:
+        raise ValueError(f"unknown speaker {speaker!r}")
+    return role
+
+
+def turn_pieces(turn: dict) -> list:
+    """A turn's content as text strings and media kinds ("image" / "video" for a placeholder or an item without
+    data) or media items that carry their own data, in order."""
+    content = turn.get("value", turn.get("content"))
+    if content is None:
+        raise ValueError("a turn has neither 'value' nor 'content'")
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    pieces = []
+    for item in content:
+        kind = item.get("type")
+        if kind == "text":
+            pieces += [
+                piece[1:-1] if PLACEHOLDER.fullmatch(piece) else piece for piece in PLACEHOLDER.split(item["text"])
+            ]
+        elif kind in MEDIA_KINDS:
+            data = next((item[k] for k in (kind, "path", "url") if item.get(k) is not None), None)
+            pieces.append(kind if data is None else {"type": kind, kind: data})
+        else:
+            raise ValueError(f"unknown content item type {kind!r}")
+    return pieces
+
+
 def llava_to_messages(record: dict, media_root: str | None = None) -> dict:
     """A LLaVA-style record -> `{"messages": [...]}` with media items in place of the placeholders."""
-    images = [resolve_media(p, media_root) for p in as_list(record.get("images", record.get("image")))]
-    videos = [resolve_media(p, media_root) for p in as_list(record.get("videos", record.get("video")))]
+    media = {kind: record_media(record, kind, media_root) for kind in MEDIA_KINDS}
     turns = record.get("conversations")
     if not turns:
         raise ValueError("record has no 'conversations'")
-    texts = [turn["value"] for turn in turns]
-    counts = Counter(token for text in texts for token in PLACEHOLDER.findall(text))
-    placed = counts["<image>"] == len(images) and counts["<video>"] == len(videos)
-    media = {"<image>": iter(images), "<video>": iter(videos)}
+    roles_and_pieces = [(turn_role(turn), turn_pieces(turn)) for turn in turns]
+    slots = Counter(piece for _, pieces in roles_and_pieces for piece in pieces if piece in MEDIA_KINDS)
+    placed = all(slots[kind] == len(media[kind]) for kind in MEDIA_KINDS)
+    pools = {kind: iter(media[kind]) for kind in MEDIA_KINDS}
     messages = []
-    for turn, text in zip(turns, texts):
-        role = ROLES.get(turn.get("from"))
-        if role is None:
-            raise ValueError(f"unknown speaker {turn.get('from')!r}")
+    for role, pieces in roles_and_pieces:
         content = []
-        for piece in PLACEHOLDER.split(text):
-            if piece in media:
+        for piece in pieces:
+            if isinstance(piece, dict):
+                kind = piece["type"]
+                content.append({"type": kind, kind: MEDIA_INPUT[kind](piece[kind], media_root)})
+            elif piece in MEDIA_KINDS:
                 if placed:
-                    kind = piece[1:-1]
-                    content.append({"type": kind, kind: next(media[piece])})
-                continue
-            if not placed:  # the placeholders are dropped; so is the line break that followed them
-                piece = piece.strip("\n")
-            if piece:
-                content.append({"type": "text", "text": piece})
+                    content.append({"type": piece, piece: next(pools[piece])})
+            else:
+                if not placed:  # the placeholders are dropped; so is the line break that followed them
+                    piece = piece.strip("\n")
+                if piece:
+                    content.append({"type": "text", "text": piece})
         messages.append({"role": role, "content": content})
     if not placed:
         first_user = next((m for m in messages if m["role"] == "user"), None)
         if first_user is None:
             raise ValueError("media given but no user turn to attach them to")
-        leading = [{"type": "image", "image": p} for p in images] + [{"type": "video", "video": p} for p in videos]
+        leading = [{"type": kind, kind: value} for kind in MEDIA_KINDS for value in media[kind]]
         first_user["content"] = leading + first_user["content"]
     return {"messages": messages}
 
 
 def messages_record(record: dict, media_root: str | None = None) -> dict:
     """A `messages` record: fill media items that carry no data from the record's `images` / `videos` lists."""
-    pools = {
-        "image": iter([resolve_media(p, media_root) for p in as_list(record.get("images"))]),
-        "video": iter([resolve_media(p, media_root) for p in as_list(record.get("videos"))]),
-    }
+    pools = {kind: iter(record_media(record, kind, media_root)) for kind in MEDIA_KINDS}
     messages = []
     for message in record["messages"]:
         content = message["content"]
@@ -155,78 +249,88 @@ def messages_record(record: dict, media_root: str | None = None) -> dict:
             item = dict(item)
             kind = item.get("type")
             if kind in pools:
-                source = next((item[k] for k in (kind, "path", "url") if item.get(k)), None)
+                source = next((item[k] for k in (kind, "path", "url") if item.get(k) is not None), None)
                 if source is None:
                     source = next(pools[kind], None)
                     if source is None:
                         raise ValueError(f"more {kind} items than {kind}s listed in the record")
-                elif isinstance(source, str):
-                    source = resolve_media(source, media_root)
+                else:
+                    source = MEDIA_INPUT[kind](source, media_root)
                 item = {"type": kind, kind: source}
             items.append(item)
         messages.append({"role": message["role"], "content": items})
     return {"messages": messages}
 
 
+def texts_to_conversations(record: dict) -> dict:
+    """FineVision's `texts` (`[{"user": ..., "assistant": ...}, ...]`) -> LLaVA `conversations`."""
+    turns = []
+    for exchange in record["texts"]:
+        turns.append({"from": "human", "value": exchange["user"]})
+        turns.append({"from": "gpt", "value": exchange["assistant"]})
+    return {**record, "conversations": turns}
+
+
 def to_messages(record: dict, source_format: str, media_root: str | None) -> dict:
+    if source_format == "texts" or (source_format == "auto" and "texts" in record and "conversations" not in record):
+        return llava_to_messages(texts_to_conversations(record), media_root)
     if source_format == "llava" or (source_format == "auto" and "conversations" in record):
         return llava_to_messages(record, media_root)
     if source_format in ("messages", "auto") and "messages" in record:
         return messages_record(record, media_root)
-    raise ValueError(f"record matches neither the llava nor the messages format (keys: {sorted(record)})")
-
-
-# -- sources and mixtures -------------------------------------------------------------------------------------------
-
-
-def read_records(files: list[str], name: str) -> Iterator[dict]:
-    """`{"record": <raw JSON text>, "source": name}` per record of .json (a list or one object) and .jsonl files.
-    Records stay raw text until processing, so a malformed one is counted there instead of failing the load."""
-    for file in files:
-        with open(file) as handle:
-            if file.endswith(".jsonl"):
-                for line in handle:
-                    if line.strip():
-                        yield {"record": line.strip(), "source": name}
-            else:
-                loaded = json.load(handle)
-                for record in loaded if isinstance(loaded, list) else [loaded]:
-                    yield {"record": json.dumps(record), "source": name}
-
-
-def load_source(source: DataSource) -> datasets.Dataset | datasets.IterableDataset:
-    """Raw records of one source: in memory, or streamed through `datasets` when `streaming` is set."""
-    path = source.path
-    if os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith((".json", ".jsonl")))
-    elif os.path.exists(path):
-        files = [path]
-    else:
-        raise FileNotFoundError(f"Data source not found: {path}")
-    if not files:
-        raise ValueError(f"Data source {path} holds no .json / .jsonl files.")
-    name = source_name(source)
-    if source.streaming:
-        return datasets.IterableDataset.from_generator(read_records, gen_kwargs={"files": files, "name": name})
-    rows = list(read_records(files, name))
-    return datasets.Dataset.from_dict({"record": [r["record"] for r in rows], "source": [name] * len(rows)})
-
-
-def source_name(source: DataSource) -> str:
-    return source.name or os.path.basename(source.path.rstrip("/"))
-
-
-def mix_sources(sources: list[DataSource], seed: int = 0):
-    """One stream drawing from each source in proportion to its weight (until every source is used up)."""
-    loaded = [load_source(source) for source in sources]
-    if len(loaded) == 1:
-        return loaded[0]
-    if any(isinstance(d, datasets.IterableDataset) for d in loaded):
-        loaded = [d.to_iterable_dataset() if isinstance(d, datasets.Dataset) else d for d in loaded]
-    total = sum(source.weight for source in sources)
-    return datasets.interleave_datasets(
-        loaded, probabilities=[s.weight / total for s in sources], seed=seed, stopping_strategy="all_exhausted"
+    raise ValueError(
+        f"record matches neither the llava, messages nor texts format (keys: {sorted(record)}); map its columns "
+        "with the source's `columns:` setting"
     )
+
+
+# -- the training stream --------------------------------------------------------------------------------------------
+
+
+class SourceRecord(NamedTuple):
+    """One raw record of the stream: its source, its position in that source and which pass over the source."""
+
+    source: str
+    index: int
+    epoch: int
+    record: dict | str
+
+    @property
+    def sample_id(self) -> str:
+        return f"{self.source}#{self.index}" + (f"@{self.epoch}" if self.epoch else "")
+
+
+def mixed_records(sources: list[tuple[DataSource, Iterable]], seed: int = 0, endless: bool = False):
+    """One stream drawing from each source in proportion to its weight; a source that runs out starts its next pass.
+    Ends once every source has been read in full (or never, when `endless`). The same seed gives the same stream in
+    every process, which is what lets ranks and workers deal it out without talking to each other."""
+    rng = random.Random(seed)
+    weights = [source.weight for source, _ in sources]
+    iterators = [iter(records) for _, records in sources]
+    positions, epochs, finished = [0] * len(sources), [0] * len(sources), set()
+    while True:
+        pick = rng.choices(range(len(sources)), weights)[0] if len(sources) > 1 else 0
+        source, records = sources[pick]
+        try:
+            record = next(iterators[pick])
+        except StopIteration:
+            if positions[pick] == 0:
+                raise ValueError(f"Data source {source.label!r} ({source.path}) holds no records.") from None
+            finished.add(pick)
+            if not endless and len(finished) == len(sources):
+                return
+            epochs[pick], positions[pick], iterators[pick] = epochs[pick] + 1, 0, iter(records)
+            record = next(iterators[pick])
+        yield SourceRecord(source.label, positions[pick], epochs[pick], record)
+        positions[pick] += 1
+
+
+def distributed_position() -> tuple[int, int]:
+    """(rank, world size) of this process: from torch.distributed when it is up, else from the launcher's
+    environment (torchrun and accelerate set RANK and WORLD_SIZE)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 # -- processing -----------------------------------------------------------------------------------------------------
@@ -321,8 +425,15 @@ def check_not_systematic(stats: SampleStats) -> None:
         )
 
 
+def record_messages(item: SourceRecord, source: DataSource) -> list[dict]:
+    """The conversation of one raw record (JSON text or a row), after the source's column mapping."""
+    record = json.loads(item.record) if isinstance(item.record, str) else item.record
+    record = rename_columns(unpack_webdataset_sample(record), source.columns, item.sample_id)
+    return to_messages(record, source.format, source.media_root)["messages"]
+
+
 def processed_samples(
-    records,
+    records: Iterable[SourceRecord],
     processor,
     max_length: int,
     budgets: list[Budget],
@@ -331,20 +442,24 @@ def processed_samples(
     sources: dict[str, DataSource] | None = None,
 ) -> Iterator[dict]:
     """Model inputs for each usable record, in order; unusable ones are counted in `stats` and skipped. `sources`
-    (by name) gives each record's format, media root and, where the source sets one, its own video back-end."""
+    (by label) gives each record's format, columns, media root and, where the source sets one, its own video
+    back-end. Each sample carries its `sample_id` ("<source>#<index in source>")."""
     stats = stats if stats is not None else SampleStats()
     sources = sources or {}
-    for index, row in enumerate(records):
-        where = f"#{index} of {row.get('source', 'data')}"
+    for item in records:
+        where = f"record {item.index} of {item.source}"
+        source = sources.get(item.source) or DataSource(path=item.source)
         try:
-            record = json.loads(row["record"]) if "record" in row else row
-            source = sources.get(row.get("source")) or DataSource(path="")
-            messages = to_messages(record, source.format, source.media_root)["messages"]
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
+            messages = record_messages(item, source)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSONDecodeError is a ValueError
             stats.drop("malformed record", where, f"{type(error).__name__}: {error}")
             check_not_systematic(stats)
             continue
-        sample = None
+        except OSError as error:  # embedded bytes that are no image
+            stats.drop(f"unreadable sample ({type(error).__name__})", where, str(error)[:200])
+            check_not_systematic(stats)
+            continue
+        sample, retried = None, False
         for attempt, budget in enumerate(budgets):
             try:
                 encoded = encode_conversation(processor, messages, budget, source.video_backend or video_backend)
@@ -352,8 +467,7 @@ def processed_samples(
                 stats.drop(f"unreadable sample ({type(error).__name__})", where, str(error)[:200])
                 break
             if len(encoded["input_ids"]) <= max_length:
-                sample = encoded
-                stats.retried_smaller += attempt > 0
+                sample, retried = encoded, attempt > 0
                 break
         else:
             stats.drop(f"longer than max_length={max_length} even at the smallest frame/pixel budget", where)
@@ -364,19 +478,109 @@ def processed_samples(
             stats.drop("no assistant tokens to learn from", where)
             check_not_systematic(stats)
             continue
-        stats.used += 1
+        sample["sample_id"] = item.sample_id
+        stats.use(item.sample_id, retried)
         yield sample
+
+
+STREAM_SHARDS = 8192  # units the record stream is dealt in; more than any rank x worker count
+
+
+class TrainingStream:
+    """The samples a stage trains on: endless, deterministic, and dealt out to ranks and workers without overlap.
+
+    Record k of the `mixed_records` stream belongs to shard `k % STREAM_SHARDS`. `as_dataset()` exposes the stream as
+    a `datasets.IterableDataset` whose shards are those ids, so the libraries deal them out the usual way:
+    accelerate gives each rank a block of them (`IterableDataset.shard`, as `split_dataset_by_node` does) and
+    `datasets` splits a rank's block between its DataLoader workers. Every reader walks the same stream and decodes
+    only the records of its own shards (reading one is cheap: media stay encoded), so each record is decoded once per
+    pass across all ranks and workers. The stream never ends, so every rank fills every batch and all ranks take
+    the same number of optimizer steps however unevenly bad samples fall; the Trainer's `max_steps` ends the stage.
+    A resumed run replays the same stream, which makes its data position exact.
+
+    With `stats_dir`, each reader writes its `SampleStats` to `<stats_dir>/<reader>.json` (worker processes cannot
+    update the main process's counts); `collect_stats` adds them up."""
+
+    def __init__(
+        self,
+        sources: list[DataSource],
+        processor,
+        max_length: int,
+        budgets: list[Budget],
+        video_backend: str = "frames",
+        seed: int = 0,
+        stats_dir: str | None = None,
+        record_sample_ids: bool = False,
+    ):
+        self.sources = sources
+        self.records = [(source, SourceRecords(source)) for source in sources]
+        self.processor = processor
+        self.max_length = max_length
+        self.budgets = budgets
+        self.video_backend = video_backend
+        self.seed = seed
+        self.stats_dir = stats_dir
+        self.record_sample_ids = record_sample_ids
+        self.stats = self.new_stats()  # the counts of in-process reading (dataloader_num_workers=0)
+
+    def new_stats(self) -> SampleStats:
+        return SampleStats(sample_ids=[] if self.record_sample_ids else None)
+
+    def reset_stats(self) -> None:
+        """Forget what was read so far in this process (e.g. the sample a trainer looks at before training)."""
+        self.stats = self.new_stats()
+        rank, _ = distributed_position()
+        for path in glob.glob(os.path.join(self.stats_dir or "", f"rank{rank:03d}-*.json")):
+            os.remove(path)
+
+    def as_dataset(self):
+        import datasets
+
+        return datasets.IterableDataset.from_generator(self.samples, gen_kwargs={"shards": list(range(STREAM_SHARDS))})
+
+    def samples(self, shards: list[int]) -> Iterator[dict]:
+        """The processed samples of the records in `shards`, endlessly."""
+        mine = set(shards)
+        in_worker = torch.utils.data.get_worker_info() is not None
+        stats = self.new_stats() if in_worker else self.stats
+        if self.stats_dir is not None:
+            os.makedirs(self.stats_dir, exist_ok=True)
+            rank, world = distributed_position()
+            reader = f"rank{rank:03d}-of-{world}-shards{min(shards):04d}+{len(shards)}"
+            stats.path = os.path.join(self.stats_dir, f"{reader}.json")
+        records = mixed_records(self.records, self.seed, endless=True)
+        yield from processed_samples(
+            (item for k, item in enumerate(records) if k % STREAM_SHARDS in mine),
+            self.processor,
+            self.max_length,
+            self.budgets,
+            self.video_backend,
+            stats,
+            {source.label: source for source in self.sources},
+        )
+
+
+def collect_stats(stats_dir: str, rank: int = 0, world_size: int = 1) -> SampleStats:
+    """The `SampleStats` written by one rank's readers, added up (only files of this run's number of ranks)."""
+    total = SampleStats(sample_ids=None)
+    for path in sorted(glob.glob(os.path.join(stats_dir, f"rank{rank:03d}-of-{world_size}-*.json"))):
+        total.merge(SampleStats.load(path))
+    return total
 
 
 __all__ = [
     "Budget",
     "DataSource",
     "SampleStats",
+    "SourceRecord",
+    "TrainingStream",
     "budget_ladder",
+    "collect_stats",
     "encode_conversation",
     "llava_to_messages",
     "messages_record",
-    "mix_sources",
+    "mixed_records",
     "processed_samples",
+    "texts_to_conversations",
     "to_messages",
 ]

@@ -57,7 +57,8 @@ class DataSection:
     video_format: str = "training"
     video_fps: float | None = 1.0  # the released training frames were extracted at 1 fps (capped by max_frames)
     packing: bool = False
-    seed: int = 0
+    seed: int = 0  # order of the weighted interleaving of sources
+    record_sample_ids: bool = False  # list every used sample's id in <output_dir>/data_stats (audits, tests)
 
 
 @dataclass

@@ -17,15 +17,15 @@ import logging
 import os
 import sys
 
-import datasets
 import torch
 from transformers import AutoProcessor, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from ..modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
 from .collator import MultimodalCollator
-from .data import DataSource, SampleStats, budget_ladder, mix_sources, processed_samples, source_name
+from .data import DataSource, SampleStats, TrainingStream, budget_ladder, collect_stats, distributed_position
 from .recipe import PARTS, Recipe, load_recipe
+from .sources import HUB_ID
 
 logger = logging.getLogger("llava_onevision2.training")
 
@@ -149,40 +149,71 @@ def lora_config(recipe: Recipe):
 
 
 def resolve_sources(recipe: Recipe) -> list[DataSource]:
+    """The stage's data sources, with relative paths under `data.root` (a Hub id stays a Hub id unless a folder of
+    that name exists there)."""
     sources = []
     for values in recipe.data.sources:
         source = DataSource.from_dict(dict(values))
         if recipe.data.root:
-            source.path = os.path.join(recipe.data.root, source.path)
+            local = os.path.join(recipe.data.root, source.path)
+            if os.path.exists(local) or not HUB_ID.match(source.path):
+                source.path = local
             if source.media_root:
                 source.media_root = os.path.join(recipe.data.root, source.media_root)
         sources.append(source)
     return sources
 
 
-def training_dataset(recipe: Recipe, processor, stats: SampleStats) -> datasets.IterableDataset:
-    sources = resolve_sources(recipe)
-    raw = mix_sources(sources, seed=recipe.data.seed)
-    by_name = {source_name(s): s for s in sources}
-    if len(by_name) < len(sources):
+def check_sources(sources: list[DataSource], processor) -> None:
+    """Distinct labels (drop reports and sample ids name records by them) and valid per-source video back-ends."""
+    labels = [source.label for source in sources]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
         raise ValueError(
-            "Two data sources share a name; give each a distinct `name` (e.g. one file listed per backend)."
+            f"Data sources share the name(s) {repeated}; give each a distinct `name` (e.g. one file listed per "
+            "backend, or two subsets of one Hub dataset)."
         )
     backends = processor.video_processor.video_backends
     for source in sources:
         if source.video_backend is not None and source.video_backend not in backends:
             raise ValueError(
-                f"Data source {source_name(source)!r}: video_backend {source.video_backend!r} is not one of "
+                f"Data source {source.label!r}: video_backend {source.video_backend!r} is not one of "
                 f"{sorted(backends)}."
             )
-    budgets = budget_ladder(recipe.data.max_pixels, recipe.data.max_frames, recipe.data.video_max_pixels)
 
-    def samples():
-        yield from processed_samples(
-            raw, processor, recipe.data.max_length, budgets, recipe.data.video_backend, stats, by_name
-        )
 
-    return datasets.IterableDataset.from_generator(samples)
+def data_stats_dir(recipe: Recipe) -> str:
+    return os.path.join(recipe.training.get("output_dir", "."), "data_stats")
+
+
+def training_dataset(recipe: Recipe, processor) -> TrainingStream:
+    sources = resolve_sources(recipe)
+    check_sources(sources, processor)
+    return TrainingStream(
+        sources,
+        processor,
+        recipe.data.max_length,
+        budget_ladder(recipe.data.max_pixels, recipe.data.max_frames, recipe.data.video_max_pixels),
+        recipe.data.video_backend,
+        seed=recipe.data.seed,
+        stats_dir=data_stats_dir(recipe),
+        record_sample_ids=recipe.data.record_sample_ids,
+    )
+
+
+def all_ranks_stats(stats_dir: str) -> SampleStats:
+    """The sample counts of every reader of every rank (each rank adds up its own readers' files, then the ranks
+    exchange them, so no shared file system is needed)."""
+    rank, world = distributed_position()
+    local = collect_stats(stats_dir, rank, world)
+    if world == 1 or not torch.distributed.is_initialized():
+        return local
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, local)
+    total = SampleStats()
+    for stats in gathered:
+        total.merge(stats)
+    return total
 
 
 def sft_config(recipe: Recipe) -> SFTConfig:
@@ -195,8 +226,23 @@ def sft_config(recipe: Recipe) -> SFTConfig:
     values.setdefault("bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     values.setdefault("dataloader_pin_memory", torch.cuda.is_available())  # pinning without a GPU only warns
     values.pop("resume_from_checkpoint", None)
+    values["accelerator_config"] = stream_accelerator_config(values.get("accelerator_config"))
     use_current_checkpointing_names(values)
     return SFTConfig(**values)
+
+
+def stream_accelerator_config(given: dict | None) -> dict:
+    """The training stream is dealt out by rank and worker (see `TrainingStream`); accelerate must neither dispatch
+    batches from rank 0 (which would read only rank 0's share) nor split each batch between ranks."""
+    config = dict(given or {})
+    for key in ("dispatch_batches", "split_batches"):
+        if config.get(key):
+            raise ValueError(
+                f"training.accelerator_config.{key}=true does not work with the training stream, which gives each "
+                "rank and DataLoader worker its own share of the records; leave it unset."
+            )
+        config[key] = False
+    return config
 
 
 def use_current_checkpointing_names(values: dict) -> None:
@@ -253,7 +299,8 @@ def save_outputs(trainer, processor, recipe: Recipe, output_dir: str) -> None:
 
 
 def prepare(recipe: Recipe, model=None, processor=None):
-    """Processor, model (with its trainable parts set) and trainer of a stage, ready to `train()`."""
+    """Trainer (ready to `train()`), processor and training stream (its `stats` count this process's samples) of a
+    stage; the model's trainable parts are set."""
     processor = processor or load_processor(recipe)
     set_seed(recipe.training.get("seed", 42))  # fresh weights are part of the run: same seed, same start
     model = model or build_model(recipe, processor)
@@ -261,11 +308,11 @@ def prepare(recipe: Recipe, model=None, processor=None):
     if recipe.lora is None:
         counts = set_trainable(model, recipe.trainable)
         logger.info("Stage %s trains %s", recipe.stage, {k: f"{v:,}" for k, v in counts.items() if v})
-    stats = SampleStats()
+    stream = training_dataset(recipe, processor)
     trainer = StageTrainer(
         model=model,
         args=sft_config(recipe),
-        train_dataset=training_dataset(recipe, processor, stats),
+        train_dataset=stream.as_dataset(),
         data_collator=MultimodalCollator(
             processor.tokenizer.pad_token_id, packing=recipe.data.packing, max_length=recipe.data.max_length
         ),
@@ -275,17 +322,19 @@ def prepare(recipe: Recipe, model=None, processor=None):
     )
     if recipe.training.get("fsdp") and not torch.cuda.is_available():
         enable_fsdp_on_cpu(trainer)
-    return trainer, processor, stats
+    stream.reset_stats()  # SFTTrainer reads one sample to inspect the data; training starts from zero
+    return trainer, processor, stream
 
 
 def run(recipe: Recipe) -> dict:
     # Our progress lines at INFO, libraries at WARNING (accelerate repeats an INFO line on every evaluation pass).
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
-    trainer, processor, stats = prepare(recipe)
+    trainer, processor, _ = prepare(recipe)
     result = trainer.train(resume_from_checkpoint=recipe.training.get("resume_from_checkpoint"))
     output_dir = trainer.args.output_dir
     save_outputs(trainer, processor, recipe, output_dir)
+    stats = all_ranks_stats(data_stats_dir(recipe))
     logger.info("Data: %s", stats.summary())
     report = {
         "stage": recipe.stage,

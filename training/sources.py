@@ -1,0 +1,253 @@
+"""Where training records come from: local files in every format the released datasets use, and Hub datasets.
+
+A data source is one entry of a stage's `data.sources` list. Its `path` is one of:
+
+- a `.json` / `.jsonl` file, or a folder of them (read here, record by record, so a malformed line is counted as a bad
+  sample instead of failing the load);
+- a `.parquet` / `.arrow` file or a `.tar` WebDataset shard, or a folder holding them at any depth (the released
+  instruct data keeps one folder of `train-0000k-of-0000n.parquet` shards per subset), read with `datasets`;
+- a Hub dataset id (`owner/name`) with optional `subset` (config name), `split` and `revision`, loaded with
+  `datasets.load_dataset` (streamed when `streaming` is set, downloaded otherwise).
+
+Every source yields plain dicts. Media stay encoded while records are read (images as `{"bytes", "path"}`, videos as
+bytes), so a rank or worker that skips a record pays for reading it, never for decoding it. A per-source `columns`
+mapping renames a source's columns to the names the adapters read (`conversations`, `messages`, `texts`, `image`,
+`images`, `video`, `videos`, `id`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+JSON_SUFFIXES = (".json", ".jsonl")
+TABLE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".tar": "webdataset"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+CANONICAL_COLUMNS = ("conversations", "messages", "texts", "image", "images", "video", "videos", "id")
+READ_BATCH = 64  # records per arrow batch when reading through `datasets`
+
+
+@dataclass
+class DataSource:
+    """One entry of a stage's data mixture."""
+
+    path: str
+    format: str = "auto"  # "llava", "messages", "texts" or "auto" (decided per record)
+    media_root: str | None = None
+    weight: float = 1.0
+    streaming: bool = False
+    name: str | None = None  # needed when one path is listed twice (e.g. once per video_backend)
+    video_backend: str | None = None  # None: the stage's data.video_backend
+    subset: str | None = None  # Hub dataset config name
+    split: str = "train"
+    revision: str | None = None
+    columns: dict = field(default_factory=dict)  # adapter name -> this source's column name
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DataSource:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(
+                f"Unknown keys in data source {values.get('path')!r}: {sorted(unknown)} (known: {sorted(known)})."
+            )
+        source = cls(**values)
+        source.check()
+        return source
+
+    def check(self) -> None:
+        if self.format not in ("auto", "llava", "messages", "texts"):
+            raise ValueError(
+                f"Data source {self.path!r}: format {self.format!r} is not auto, llava, messages or texts."
+            )
+        if self.weight <= 0:
+            raise ValueError(f"Data source {self.path!r}: weight must be positive, got {self.weight}.")
+        bad = {key: value for key, value in self.columns.items() if key not in CANONICAL_COLUMNS}
+        if bad:
+            raise ValueError(
+                f"Data source {self.path!r}: columns maps {sorted(bad)}, which the adapters do not read; map any of "
+                f"{list(CANONICAL_COLUMNS)} to this source's column names."
+            )
+
+    @property
+    def label(self) -> str:
+        """The source's name in logs, drop reports and sample ids."""
+        return self.name or os.path.basename(self.path.rstrip("/"))
+
+
+# -- files ----------------------------------------------------------------------------------------------------------
+
+
+def source_files(path: str) -> list[str]:
+    """The readable files of a path: the file itself, or every supported file below a folder, in sorted order."""
+    if os.path.isfile(path):
+        return [path]
+    files = []
+    for folder, subfolders, names in os.walk(path):
+        subfolders.sort()
+        files += [os.path.join(folder, name) for name in sorted(names) if name.endswith(supported_suffixes())]
+    return files
+
+
+def supported_suffixes() -> tuple[str, ...]:
+    return JSON_SUFFIXES + tuple(TABLE_BUILDERS)
+
+
+def file_reader(files: list[str], path: str) -> str:
+    """ "json" or the `datasets` builder that reads every file of a source; one kind per source."""
+    kinds = {"json" if f.endswith(JSON_SUFFIXES) else TABLE_BUILDERS.get(os.path.splitext(f)[1]) for f in files}
+    if None in kinds:
+        unsupported = sorted({os.path.splitext(f)[1] or f for f in files if not f.endswith(supported_suffixes())})
+        raise ValueError(f"Data source {path}: cannot read {unsupported}; supported: {list(supported_suffixes())}.")
+    if len(kinds) > 1:
+        raise ValueError(
+            f"Data source {path} mixes {sorted(kinds)} files; list each kind as its own source (one `path` each)."
+        )
+    return kinds.pop()
+
+
+def is_hub_id(path: str) -> bool:
+    return not os.path.exists(path) and bool(HUB_ID.match(path))
+
+
+# -- records --------------------------------------------------------------------------------------------------------
+
+
+class SourceRecords:
+    """The records of one source, re-readable from the start (each pass of a training stream reads them again)."""
+
+    def __init__(self, source: DataSource):
+        self.source = source
+        path = source.path
+        if is_hub_id(path):
+            self.reader, self.files = "hub", []
+        elif not os.path.exists(path):
+            raise FileNotFoundError(
+                f"Data source not found: {path} (neither a file, a folder nor a Hub dataset id like owner/name)."
+            )
+        else:
+            self.files = source_files(path)
+            if not self.files:
+                raise ValueError(f"Data source {path} holds no {' / '.join(supported_suffixes())} files.")
+            self.reader = file_reader(self.files, path)
+        self.in_memory = None
+        if self.reader == "json" and not source.streaming:
+            self.in_memory = list(read_json_records(self.files))
+        self.dataset = None if self.reader == "json" else load_table_source(source, self.reader, self.files)
+
+    def __iter__(self) -> Iterator[dict | str]:
+        if self.in_memory is not None:
+            return iter(self.in_memory)
+        if self.reader == "json":
+            return read_json_records(self.files)
+        return iterate_rows(self.dataset)
+
+
+def read_json_records(files: list[str]) -> Iterator[str]:
+    """Raw JSON text per record of .jsonl files (one per line) and .json files (a list, or one object); records are
+    parsed at processing time, so a malformed one is counted there instead of failing the load."""
+    for file in files:
+        with open(file) as handle:
+            if file.endswith(".jsonl"):
+                for line in handle:
+                    if line.strip():
+                        yield line.strip()
+            else:
+                loaded = json.load(handle)
+                for record in loaded if isinstance(loaded, list) else [loaded]:
+                    yield json.dumps(record)
+
+
+def load_table_source(source: DataSource, reader: str, files: list[str]):
+    """A `datasets` dataset over local table files or a Hub id, with media decoding off (see the module doc)."""
+    import datasets
+
+    if reader == "hub":
+        dataset = load_hub_dataset(source)
+    else:
+        dataset = datasets.load_dataset(reader, data_files=files, split="train", streaming=source.streaming)
+    if isinstance(dataset, datasets.Dataset):
+        dataset = dataset.to_iterable_dataset()
+    return dataset.decode(False)
+
+
+def load_hub_dataset(source: DataSource):
+    import datasets
+
+    try:
+        return datasets.load_dataset(
+            source.path, name=source.subset, split=source.split, revision=source.revision, streaming=source.streaming
+        )
+    except (ConnectionError, FileNotFoundError, OSError, ValueError) as error:
+        subset = f" --include '{source.subset}/*'" if source.subset else ""
+        raise FileNotFoundError(
+            f"Could not load the Hub dataset {source.path!r} (subset={source.subset!r}, split={source.split!r}, "
+            f"revision={source.revision!r}): {type(error).__name__}: {str(error)[:300]}. Offline machines need a local "
+            f"copy: `hf download {source.path} --repo-type dataset{subset} --local-dir DIR` on a connected machine, "
+            "then set the source's `path` to DIR (parquet, arrow and webdataset folders are read directly)."
+        ) from error
+
+
+def iterate_rows(dataset) -> Iterator[dict]:
+    """Rows of a `datasets.IterableDataset`, read in batches. `iter(batch_size=...)` reads the dataset in full even
+    inside a DataLoader worker (plain iteration would split it between workers by file, which the training stream
+    already does by record)."""
+    for batch in dataset.iter(batch_size=READ_BATCH):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns)):
+            yield dict(zip(columns, values))
+
+
+# -- columns and webdataset members ---------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+VIDEO_SUFFIXES = ("mp4", "mkv", "webm", "mov", "avi", "ts", "m4v", "mpg", "mpeg", "flv")
+
+
+def rename_columns(record: dict, columns: dict, where: str) -> dict:
+    """Apply a source's `columns` mapping (adapter name -> source column); a mapped column must exist."""
+    if not columns:
+        return record
+    renamed = dict(record)
+    for canonical, column in columns.items():
+        if column not in record:
+            raise KeyError(f"column {column!r} (mapped to {canonical!r}) is missing; the record has {sorted(record)}")
+        renamed[canonical] = renamed.pop(column)
+    return renamed
+
+
+def unpack_webdataset_sample(record: dict) -> dict:
+    """A WebDataset sample (`__key__`, one member per extension) -> one record: the `json` member gives the fields;
+    image and video members fill `images` / `videos` unless the annotation names its own media."""
+    if "__key__" not in record:
+        return record
+    merged: dict = {"id": record["__key__"]}
+    for member in ("json", "jsonl"):
+        annotation = record.get(member)
+        if isinstance(annotation, (bytes, str)):
+            annotation = json.loads(annotation)
+        if isinstance(annotation, dict):
+            merged.update(annotation)
+    members = {key.rsplit(".", 1)[-1].lower(): value for key, value in record.items() if value is not None}
+    images = [members[s] for s in IMAGE_SUFFIXES if s in members]
+    videos = [members[s] for s in VIDEO_SUFFIXES if s in members]
+    if images and not any(k in merged for k in ("image", "images")):
+        merged["images"] = images
+    if videos and not any(k in merged for k in ("video", "videos")):
+        merged["videos"] = videos
+    return merged
+
+
+__all__ = [
+    "DataSource",
+    "SourceRecords",
+    "file_reader",
+    "is_hub_id",
+    "read_json_records",
+    "rename_columns",
+    "source_files",
+    "unpack_webdataset_sample",
+]
