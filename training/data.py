@@ -15,6 +15,8 @@ Adapters (`format` of a source, or "auto": decided per record by its keys):
 - `messages`: `{"messages": [...], "images": [...], "videos": [...]}` (TRL's convention: media items without data
   take the listed files in order), or items that carry their own data.
 - `texts`: FineVision's `{"images": [...], "texts": [{"user": ..., "assistant": ...}, ...]}`.
+- `caption`: the mid-training corpus's `{"image": ..., "caption": "..."}`: the image (and the source's
+  `caption_prompt`, if any) from the user, the caption from the assistant.
 Media may be paths (relative ones resolve against the source's `media_root`), embedded images (`datasets.Image`
 values as `{"bytes", "path"}`, raw bytes, PIL images) and embedded videos (bytes, `{"bytes", "path"}`), single or
 listed. Other column names are mapped per source with `columns:` (see `sources.py`).
@@ -41,7 +43,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -85,8 +87,13 @@ class SampleStats:
     def save(self) -> None:
         if self.path is None:
             return
-        values = asdict(self)
-        values.pop("path")
+        values = {
+            "used": self.used,
+            "retried_smaller": self.retried_smaller,
+            "dropped": dict(self.dropped),  # asdict would rebuild the Counter from (key, value) pairs
+            "examples": self.examples,
+            "sample_ids": self.sample_ids,
+        }
         temporary = f"{self.path}.tmp"
         with open(temporary, "w") as handle:
             json.dump(values, handle)
@@ -237,9 +244,12 @@ def llava_to_messages(record: dict, media_root: str | None = None) -> dict:
 
 
 def messages_record(record: dict, media_root: str | None = None) -> dict:
-    """A `messages` record: fill media items that carry no data from the record's `images` / `videos` lists."""
-    pools = {kind: iter(record_media(record, kind, media_root)) for kind in MEDIA_KINDS}
-    messages = []
+    """A `messages` record: media items that carry no data take the record's `images` / `videos` in order. When no
+    message places any medium, all listed media go first in the first user turn (how the released video-caption
+    records, plain-text messages plus a list of clips, are meant); a count that does not match is an error."""
+    media = {kind: record_media(record, kind, media_root) for kind in MEDIA_KINDS}
+    pools = {kind: iter(media[kind]) for kind in MEDIA_KINDS}
+    messages, slots = [], Counter()
     for message in record["messages"]:
         content = message["content"]
         if isinstance(content, str):
@@ -251,6 +261,7 @@ def messages_record(record: dict, media_root: str | None = None) -> dict:
             if kind in pools:
                 source = next((item[k] for k in (kind, "path", "url") if item.get(k) is not None), None)
                 if source is None:
+                    slots[kind] += 1
                     source = next(pools[kind], None)
                     if source is None:
                         raise ValueError(f"more {kind} items than {kind}s listed in the record")
@@ -258,7 +269,18 @@ def messages_record(record: dict, media_root: str | None = None) -> dict:
                     source = MEDIA_INPUT[kind](source, media_root)
                 item = {"type": kind, kind: source}
             items.append(item)
-        messages.append({"role": message["role"], "content": items})
+        messages.append({"role": ROLES.get(message["role"], message["role"]), "content": items})
+    if not slots:
+        leading = [{"type": kind, kind: value} for kind in MEDIA_KINDS for value in media[kind]]
+        if leading:
+            first_user = next((m for m in messages if m["role"] == "user"), None)
+            if first_user is None:
+                raise ValueError("media given but no user turn to attach them to")
+            first_user["content"] = leading + first_user["content"]
+    else:
+        for kind in MEDIA_KINDS:
+            if slots[kind] != len(media[kind]):
+                raise ValueError(f"the messages place {slots[kind]} {kind}s but the record lists {len(media[kind])}")
     return {"messages": messages}
 
 
@@ -271,17 +293,45 @@ def texts_to_conversations(record: dict) -> dict:
     return {**record, "conversations": turns}
 
 
-def to_messages(record: dict, source_format: str, media_root: str | None) -> dict:
-    if source_format == "texts" or (source_format == "auto" and "texts" in record and "conversations" not in record):
-        return llava_to_messages(texts_to_conversations(record), media_root)
-    if source_format == "llava" or (source_format == "auto" and "conversations" in record):
-        return llava_to_messages(record, media_root)
-    if source_format in ("messages", "auto") and "messages" in record:
-        return messages_record(record, media_root)
+def caption_to_conversations(record: dict, prompt: str) -> dict:
+    """A caption record (`{"image": ..., "caption": ...}`, the mid-training corpus) -> one exchange: the media and
+    the source's `caption_prompt` (empty: the media alone) from the user, the caption from the assistant."""
+    return {
+        **record,
+        "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": record["caption"]}],
+    }
+
+
+def record_format(record: dict, source_format: str) -> str:
+    """The adapter for one record: the source's `format`, or for "auto" the first of conversations, messages, texts
+    and caption that the record has."""
+    if source_format != "auto":
+        return source_format
+    for key, name in (
+        ("conversations", "llava"),
+        ("messages", "messages"),
+        ("texts", "texts"),
+        ("caption", "caption"),
+    ):
+        if key in record:
+            return name
     raise ValueError(
-        f"record matches neither the llava, messages nor texts format (keys: {sorted(record)}); map its columns "
+        f"record has none of conversations, messages, texts or caption (keys: {sorted(record)}); map its columns "
         "with the source's `columns:` setting"
     )
+
+
+def to_messages(record: dict, source_format: str, media_root: str | None, caption_prompt: str | None = None) -> dict:
+    adapter = record_format(record, source_format)
+    if caption_prompt is not None and adapter != "caption":
+        raise ValueError(f"the source sets caption_prompt, but this is a {adapter} record, not a caption record")
+    if adapter == "llava":
+        return llava_to_messages(record, media_root)
+    if adapter == "messages":
+        return messages_record(record, media_root)
+    if adapter == "texts":
+        return llava_to_messages(texts_to_conversations(record), media_root)
+    return llava_to_messages(caption_to_conversations(record, caption_prompt or ""), media_root)
 
 
 # -- the training stream --------------------------------------------------------------------------------------------
@@ -429,7 +479,7 @@ def record_messages(item: SourceRecord, source: DataSource) -> list[dict]:
     """The conversation of one raw record (JSON text or a row), after the source's column mapping."""
     record = json.loads(item.record) if isinstance(item.record, str) else item.record
     record = rename_columns(unpack_webdataset_sample(record), source.columns, item.sample_id)
-    return to_messages(record, source.format, source.media_root)["messages"]
+    return to_messages(record, source.format, source.media_root, source.caption_prompt)["messages"]
 
 
 def processed_samples(
@@ -483,18 +533,26 @@ def processed_samples(
         yield sample
 
 
-STREAM_SHARDS = 8192  # units the record stream is dealt in; more than any rank x worker count
+STREAM_SHARDS = 2**13  # shard ids the stream is exposed with: more than any rank or worker count
+
+
+def reader_position() -> tuple[int, int]:
+    """(index, count) of this reader among all (rank, DataLoader worker) pairs."""
+    rank, world = distributed_position()
+    worker = torch.utils.data.get_worker_info()
+    worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+    return rank * workers + worker_id, world * workers
 
 
 class TrainingStream:
     """The samples a stage trains on: endless, deterministic, and dealt out to ranks and workers without overlap.
 
-    Record k of the `mixed_records` stream belongs to shard `k % STREAM_SHARDS`. `as_dataset()` exposes the stream as
-    a `datasets.IterableDataset` whose shards are those ids, so the libraries deal them out the usual way:
-    accelerate gives each rank a block of them (`IterableDataset.shard`, as `split_dataset_by_node` does) and
-    `datasets` splits a rank's block between its DataLoader workers. Every reader walks the same stream and decodes
-    only the records of its own shards (reading one is cheap: media stay encoded), so each record is decoded once per
-    pass across all ranks and workers. The stream never ends, so every rank fills every batch and all ranks take
+    Record k of the `mixed_records` stream belongs to reader `k % readers`, where the readers are the (rank,
+    DataLoader worker) pairs. Every reader walks the same stream and decodes only its own records (reading one is
+    cheap: media stay encoded), so each record is decoded once per pass across all ranks and workers. `as_dataset()`
+    exposes the stream as a `datasets.IterableDataset` with `STREAM_SHARDS` shard ids, which is what lets accelerate
+    give each rank its own copy (`IterableDataset.shard`, as `split_dataset_by_node` does) and `datasets` start every
+    DataLoader worker; the ids carry no records themselves. The stream never ends, so every rank fills every batch and all ranks take
     the same number of optimizer steps however unevenly bad samples fall; the Trainer's `max_steps` ends the stage.
     A resumed run replays the same stream, which makes its data position exact.
 
@@ -539,18 +597,20 @@ class TrainingStream:
         return datasets.IterableDataset.from_generator(self.samples, gen_kwargs={"shards": list(range(STREAM_SHARDS))})
 
     def samples(self, shards: list[int]) -> Iterator[dict]:
-        """The processed samples of the records in `shards`, endlessly."""
-        mine = set(shards)
+        """The processed samples of this reader's records, endlessly (`shards`: the ids the libraries handed this
+        reader; see the class doc)."""
+        reader, readers = reader_position()
         in_worker = torch.utils.data.get_worker_info() is not None
         stats = self.new_stats() if in_worker else self.stats
         if self.stats_dir is not None:
             os.makedirs(self.stats_dir, exist_ok=True)
             rank, world = distributed_position()
-            reader = f"rank{rank:03d}-of-{world}-shards{min(shards):04d}+{len(shards)}"
-            stats.path = os.path.join(self.stats_dir, f"{reader}.json")
+            stats.path = os.path.join(
+                self.stats_dir, f"rank{rank:03d}-of-{world}-reader{reader:04d}-of-{readers}.json"
+            )
         records = mixed_records(self.records, self.seed, endless=True)
         yield from processed_samples(
-            (item for k, item in enumerate(records) if k % STREAM_SHARDS in mine),
+            (item for k, item in enumerate(records) if k % readers == reader),
             self.processor,
             self.max_length,
             self.budgets,

@@ -201,17 +201,21 @@ def training_dataset(recipe: Recipe, processor) -> TrainingStream:
     )
 
 
+def all_ranks_values(value) -> list:
+    """`value` of every rank, in rank order (a one-element list without torch.distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
 def all_ranks_stats(stats_dir: str) -> SampleStats:
     """The sample counts of every reader of every rank (each rank adds up its own readers' files, then the ranks
     exchange them, so no shared file system is needed)."""
     rank, world = distributed_position()
-    local = collect_stats(stats_dir, rank, world)
-    if world == 1 or not torch.distributed.is_initialized():
-        return local
-    gathered = [None] * world
-    torch.distributed.all_gather_object(gathered, local)
     total = SampleStats()
-    for stats in gathered:
+    for stats in all_ranks_values(collect_stats(stats_dir, rank, world)):
         total.merge(stats)
     return total
 
@@ -335,10 +339,12 @@ def run(recipe: Recipe) -> dict:
     output_dir = trainer.args.output_dir
     save_outputs(trainer, processor, recipe, output_dir)
     stats = all_ranks_stats(data_stats_dir(recipe))
+    steps_per_rank = all_ranks_values(trainer.state.global_step)
     logger.info("Data: %s", stats.summary())
     report = {
         "stage": recipe.stage,
         "global_step": trainer.state.global_step,
+        "steps_per_rank": steps_per_rank,
         "train_loss": result.training_loss,
         "samples_used": stats.used,
         "samples_dropped": dict(stats.dropped),

@@ -5,7 +5,8 @@ A data source is one entry of a stage's `data.sources` list. Its `path` is one o
 - a `.json` / `.jsonl` file, or a folder of them (read here, record by record, so a malformed line is counted as a bad
   sample instead of failing the load);
 - a `.parquet` / `.arrow` file or a `.tar` WebDataset shard, or a folder holding them at any depth (the released
-  instruct data keeps one folder of `train-0000k-of-0000n.parquet` shards per subset), read with `datasets`;
+  instruct data keeps one folder of `train-0000k-of-0000n.parquet` shards per subset), read file by file with
+  pyarrow / tarfile, so subsets whose schemas differ can share a folder;
 - a Hub dataset id (`owner/name`) with optional `subset` (config name), `split` and `revision`, loaded with
   `datasets.load_dataset` (streamed when `streaming` is set, downloaded otherwise).
 
@@ -24,10 +25,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 JSON_SUFFIXES = (".json", ".jsonl")
-TABLE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".tar": "webdataset"}
+TABLE_READERS = {".parquet": "parquet", ".arrow": "arrow", ".tar": "webdataset"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-CANONICAL_COLUMNS = ("conversations", "messages", "texts", "image", "images", "video", "videos", "id")
-READ_BATCH = 64  # records per arrow batch when reading through `datasets`
+CANONICAL_COLUMNS = ("conversations", "messages", "texts", "caption", "image", "images", "video", "videos", "id")
+FORMATS = ("auto", "llava", "messages", "texts", "caption")
+READ_BATCH = 64  # rows per Arrow batch read
 
 
 @dataclass
@@ -35,16 +37,17 @@ class DataSource:
     """One entry of a stage's data mixture."""
 
     path: str
-    format: str = "auto"  # "llava", "messages", "texts" or "auto" (decided per record)
+    format: str = "auto"  # "llava", "messages", "texts", "caption" or "auto" (decided per record)
     media_root: str | None = None
     weight: float = 1.0
-    streaming: bool = False
+    streaming: bool | None = None  # None: JSON in memory, table files and tar shards from disk, Hub downloaded
     name: str | None = None  # needed when one path is listed twice (e.g. once per video_backend)
     video_backend: str | None = None  # None: the stage's data.video_backend
     subset: str | None = None  # Hub dataset config name
     split: str = "train"
     revision: str | None = None
     columns: dict = field(default_factory=dict)  # adapter name -> this source's column name
+    caption_prompt: str | None = None  # user text of caption records (None: the media alone)
 
     @classmethod
     def from_dict(cls, values: dict) -> DataSource:
@@ -93,12 +96,12 @@ def source_files(path: str) -> list[str]:
 
 
 def supported_suffixes() -> tuple[str, ...]:
-    return JSON_SUFFIXES + tuple(TABLE_BUILDERS)
+    return JSON_SUFFIXES + tuple(TABLE_READERS)
 
 
 def file_reader(files: list[str], path: str) -> str:
     """ "json" or the `datasets` builder that reads every file of a source; one kind per source."""
-    kinds = {"json" if f.endswith(JSON_SUFFIXES) else TABLE_BUILDERS.get(os.path.splitext(f)[1]) for f in files}
+    kinds = {"json" if f.endswith(JSON_SUFFIXES) else TABLE_READERS.get(os.path.splitext(f)[1]) for f in files}
     if None in kinds:
         unsupported = sorted({os.path.splitext(f)[1] or f for f in files if not f.endswith(supported_suffixes())})
         raise ValueError(f"Data source {path}: cannot read {unsupported}; supported: {list(supported_suffixes())}.")
@@ -117,7 +120,11 @@ def is_hub_id(path: str) -> bool:
 
 
 class SourceRecords:
-    """The records of one source, re-readable from the start (each pass of a training stream reads them again)."""
+    """The records of one source, re-readable from the start (each pass of a training stream reads them again).
+
+    `streaming` chooses between keeping the records in memory (read once) and reading them again on every pass:
+    by default JSON files are kept in memory, table files and tar shards are read from disk, and Hub datasets are
+    downloaded (`streaming: true` streams them instead)."""
 
     def __init__(self, source: DataSource):
         self.source = source
@@ -133,17 +140,17 @@ class SourceRecords:
             if not self.files:
                 raise ValueError(f"Data source {path} holds no {' / '.join(supported_suffixes())} files.")
             self.reader = file_reader(self.files, path)
-        self.in_memory = None
-        if self.reader == "json" and not source.streaming:
-            self.in_memory = list(read_json_records(self.files))
-        self.dataset = None if self.reader == "json" else load_table_source(source, self.reader, self.files)
+        self.hub_dataset = load_hub_dataset(source) if self.reader == "hub" else None
+        keep = source.streaming is False or (source.streaming is None and self.reader == "json")
+        self.in_memory = list(self.read()) if keep and self.reader != "hub" else None
+
+    def read(self) -> Iterator[dict | str]:
+        if self.reader == "hub":
+            return iterate_rows(self.hub_dataset)
+        return FILE_READERS[self.reader](self.files)
 
     def __iter__(self) -> Iterator[dict | str]:
-        if self.in_memory is not None:
-            return iter(self.in_memory)
-        if self.reader == "json":
-            return read_json_records(self.files)
-        return iterate_rows(self.dataset)
+        return iter(self.in_memory) if self.in_memory is not None else self.read()
 
 
 def read_json_records(files: list[str]) -> Iterator[str]:
@@ -161,25 +168,73 @@ def read_json_records(files: list[str]) -> Iterator[str]:
                     yield json.dumps(record)
 
 
-def load_table_source(source: DataSource, reader: str, files: list[str]):
-    """A `datasets` dataset over local table files or a Hub id, with media decoding off (see the module doc)."""
-    import datasets
+def read_parquet_rows(files: list[str]) -> Iterator[dict]:
+    """Rows of parquet files, each file with its own schema (the released subsets differ in turn style). Embedded
+    images come as `{"bytes", "path"}`, as `datasets.Image` stores them."""
+    import pyarrow.parquet as pq
 
-    if reader == "hub":
-        dataset = load_hub_dataset(source)
-    else:
-        dataset = datasets.load_dataset(reader, data_files=files, split="train", streaming=source.streaming)
-    if isinstance(dataset, datasets.Dataset):
-        dataset = dataset.to_iterable_dataset()
-    return dataset.decode(False)
+    for file in files:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=READ_BATCH):
+            yield from batch.to_pylist()
+
+
+def read_arrow_rows(files: list[str]) -> Iterator[dict]:
+    """Rows of Arrow IPC files (`datasets` writes the stream format; the file format is read too)."""
+    import pyarrow as pa
+
+    for file in files:
+        with pa.memory_map(file) as source:
+            try:
+                batches = iter(pa.ipc.open_stream(source))
+            except pa.ArrowInvalid:
+                ipc_file = pa.ipc.open_file(source)
+                batches = (ipc_file.get_batch(i) for i in range(ipc_file.num_record_batches))
+            for batch in batches:
+                yield from batch.to_pylist()
+
+
+def read_webdataset_samples(files: list[str]) -> Iterator[dict]:
+    """Samples of WebDataset tar shards: consecutive members sharing a key (the name up to its first dot) form one
+    sample `{"__key__": key, "<extension>": bytes, ...}`."""
+    import tarfile
+
+    for file in files:
+        with tarfile.open(file) as tar:
+            sample: dict = {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, name = os.path.split(member.name)
+                key, _, extension = name.partition(".")
+                key = os.path.join(folder, key)
+                if sample and sample["__key__"] != key:
+                    yield sample
+                    sample = {}
+                sample.setdefault("__key__", key)
+                sample[extension.lower()] = tar.extractfile(member).read()
+            if sample:
+                yield sample
+
+
+FILE_READERS = {
+    "json": read_json_records,
+    "parquet": read_parquet_rows,
+    "arrow": read_arrow_rows,
+    "webdataset": read_webdataset_samples,
+}
 
 
 def load_hub_dataset(source: DataSource):
+    """A Hub dataset with media decoding off (see the module doc)."""
     import datasets
 
     try:
-        return datasets.load_dataset(
-            source.path, name=source.subset, split=source.split, revision=source.revision, streaming=source.streaming
+        dataset = datasets.load_dataset(
+            source.path,
+            name=source.subset,
+            split=source.split,
+            revision=source.revision,
+            streaming=bool(source.streaming),
         )
     except (ConnectionError, FileNotFoundError, OSError, ValueError) as error:
         subset = f" --include '{source.subset}/*'" if source.subset else ""
@@ -189,6 +244,9 @@ def load_hub_dataset(source: DataSource):
             f"copy: `hf download {source.path} --repo-type dataset{subset} --local-dir DIR` on a connected machine, "
             "then set the source's `path` to DIR (parquet, arrow and webdataset folders are read directly)."
         ) from error
+    if isinstance(dataset, datasets.Dataset):
+        dataset = dataset.to_iterable_dataset()
+    return dataset.decode(False)
 
 
 def iterate_rows(dataset) -> Iterator[dict]:
