@@ -228,6 +228,21 @@ def test_an_unreachable_hub_dataset_says_how_to_fetch_it(tmp_path):
     assert "hf download mvp-lab/LLaVA-OneVision-2-Data --repo-type dataset --include 'spatial/*'" in result.stderr
 
 
+def test_reader_stats_survive_the_trip_through_their_file(tmp_path):
+    stats = SampleStats(sample_ids=[], path=str(tmp_path / "reader.json"))
+    stats.use("a#0", retried=True)
+    stats.drop("malformed record", "record 1 of a", "KeyError: 'conversations'")
+    stats.drop("malformed record", "record 2 of a")
+    loaded = SampleStats.load(str(tmp_path / "reader.json"))
+    assert (loaded.used, loaded.retried_smaller, loaded.sample_ids) == (1, 1, ["a#0"])
+    assert loaded.dropped == Counter({"malformed record": 2})
+    assert loaded.examples["malformed record"] == "record 1 of a: KeyError: 'conversations'"
+    total = SampleStats()
+    total.merge(loaded)
+    total.merge(loaded)
+    assert total.used == 2 and total.dropped["malformed record"] == 4 and total.sample_ids == ["a#0", "a#0"]
+
+
 # -- the training stream --------------------------------------------------------------------------------------------
 
 
@@ -295,12 +310,20 @@ def test_the_released_schemas_train_through_the_cli_with_zero_drops(released, tm
             entry.update(media_root=source.media_root, columns=source.columns)
         entries.append(entry)
     command = [sys.executable, "-m", "llava_onevision2.training", "--config", str(TOY_RECIPE)]
-    overrides = cli_overrides(tmp_path / "out", tmp_path / "processor", json.dumps(entries), ["training.max_steps=12"])
+    overrides = cli_overrides(
+        tmp_path / "out",
+        tmp_path / "processor",
+        json.dumps(entries),
+        ["training.max_steps=12", "data.record_sample_ids=true"],
+    )
     result = subprocess.run(command + overrides, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "training_report.json").read_text())
     assert report["global_step"] == 12 and report["samples_dropped"] == {}
     assert report["samples_used"] >= 24
+    (reader,) = (tmp_path / "out" / "data_stats").glob("*.json")
+    used = SampleStats.load(str(reader)).sample_ids
+    assert {sample_id.split("#")[0] for sample_id in used} == set(released)  # every source took part
 
 
 def broken(index: int) -> bool:
