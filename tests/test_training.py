@@ -420,3 +420,24 @@ def test_systematic_failure_stops_with_a_diagnosis(processor, toy):
         RuntimeError, match=r"The first 50 samples all failed.*unreadable sample \(FileNotFoundError\)"
     ):
         samples_for([missing] * 60, processor, toy / "data" / "media", stats=stats)
+
+
+RELEASED_SOURCES = {
+    "stage1_video_bootstrap.yaml": ["split_30s.jsonl", "LLaVA-OneVision-1.5-Mid-Training-85M"],
+    "stage2_instruct.yaml": ["LLaVA-OneVision-1.5-Instruct-Data", "split_60s.jsonl", "split_180s.jsonl"],
+    "stage3_long_video.yaml": ["split_gt10min.jsonl", "LLaVA-Video-178K/"],
+    "stage4_codec_spatial.yaml": ["split_gt10min.jsonl", "LLaVA-OneVision-2-Data/spatial"],
+}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_recipes_name_the_released_sources(stage):
+    recipe = load_recipe(str(CONFIGS / stage), [])
+    sources = [DataSource.from_dict(dict(values)) for values in recipe.data.sources]
+    labels = [source.label for source in sources]
+    assert len(set(labels)) == len(labels)
+    paths = " ".join(source.path for source in sources)
+    assert all(name in paths for name in RELEASED_SOURCES.get(stage, []))
+    for source in sources:
+        if source.path.endswith("jsonl") and "caption_v0" in source.path:
+            assert source.columns == {"videos": "images_source"} and source.media_root
