@@ -58,7 +58,7 @@ def released(tmp_path_factory):
 
 
 def samples_of(source: DataSource, processor, stats: SampleStats | None = None) -> list[dict]:
-    records = mixed_records([(source, SourceRecords(source))])
+    records = mixed_records([(source, SourceRecords(source).share())])
     return list(processed_samples(records, processor, 1024, LADDER, "frames", stats, {source.label: source}))
 
 
@@ -271,6 +271,38 @@ def test_ranks_and_workers_decode_disjoint_shares_that_cover_each_pass(released,
             f"instruct#{k}{epoch}" for k in range(8)
         }
     assert shares[0][:4] == ["instruct#0", "instruct#1", "instruct#4", "instruct#5"]  # readers 0, 1 of 4 alternate
+
+
+def test_a_large_source_is_dealt_by_whole_units_that_other_readers_never_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "many_groups"
+    folder.mkdir()
+    for file in range(2):
+        table = pa.table({"id": [f"{file}-{row}" for row in range(32)], "conversations": [[]] * 32})
+        pq.write_table(table, folder / f"part-{file}.parquet", row_group_size=4)  # 8 row groups per file
+    records = SourceRecords(DataSource(str(folder)))
+    assert len(records.units) == 16 and records.units[9].where.endswith("part-1.parquet row group 1")
+    opened = []
+    for unit in records.units:
+        unit.read = (lambda read, number: lambda: opened.append(number) or read())(unit.read, unit.number)
+    shares = [list(records.share(reader, 2)) for reader in range(2)]
+    assert sorted(opened) == list(range(16))  # every unit read once, by one reader
+    assert [k.key for k in shares[1][:5]] == ["1:0", "1:1", "1:2", "1:3", "3:0"]
+    ids = [k.record["id"] for share in shares for k in share]
+    assert sorted(ids) == sorted(f"{f}-{r}" for f in range(2) for r in range(32))
+    opened.clear()
+    list(records.share(1, 2))
+    assert opened == list(range(1, 16, 2))  # reader 1 of 2 opens only the odd units
+
+
+def test_a_source_smaller_than_the_reader_count_still_feeds_every_reader(tmp_path):
+    path = tmp_path / "two.jsonl"
+    path.write_text('{"id": 0}\n{"id": 1}\n')
+    records = SourceRecords(DataSource(str(path)))
+    got = [[k.record for k in records.share(reader, 4)] for reader in range(4)]
+    assert got == [['{"id": 0}'], ['{"id": 1}'], ['{"id": 0}'], ['{"id": 1}']]
 
 
 def test_the_stream_replays_identically(released, processor, monkeypatch):

@@ -111,16 +111,16 @@ def test_weighted_mixture_draws_from_every_source(tmp_path):
     for name, count in (("a", 50), ("b", 50)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"id": f"{name}{i}"}) + "\n" for i in range(count)))
     sources = [DataSource(str(tmp_path / "a.jsonl"), weight=3.0), DataSource(str(tmp_path / "b.jsonl"), weight=1.0)]
-    mixed = mixed_records([(s, SourceRecords(s)) for s in sources], endless=True)
+    mixed = mixed_records([(s, SourceRecords(s).share()) for s in sources], endless=True)
     drawn = [item for _, item in zip(range(4000), mixed)]
     share_a = sum(item.source == "a.jsonl" for item in drawn) / len(drawn)
     assert abs(share_a - 0.75) < 0.03  # the weights are the proportions (sources restart when they run out)
     b_passes = Counter(item.epoch for item in drawn if item.source == "b.jsonl")
     assert len(b_passes) >= 18 and all(b_passes[epoch] == 50 for epoch in range(len(b_passes) - 1))  # whole passes
-    again = mixed_records([(s, SourceRecords(s)) for s in sources], endless=True)
+    again = mixed_records([(s, SourceRecords(s).share()) for s in sources], endless=True)
     assert [item.sample_id for _, item in zip(range(4000), again)] == [item.sample_id for item in drawn]
     streamed = DataSource(str(tmp_path / "a.jsonl"), streaming=True)
-    assert len(list(mixed_records([(streamed, SourceRecords(streamed))]))) == 50
+    assert len(list(mixed_records([(streamed, SourceRecords(streamed).share())]))) == 50
 
 
 # -- labels, packing, bad samples -----------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def samples_for(records, processor, root, max_length=512, stats=None):
     path = Path(root) / "records.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     source = DataSource(str(path), media_root=str(root))
-    raw = mixed_records([(source, SourceRecords(source))])
+    raw = mixed_records([(source, SourceRecords(source).share())])
     ladder = budget_ladder(4096, 4, 4096)
     return list(processed_samples(raw, processor, max_length, ladder, "frames", stats, {"records.jsonl": source}))
 
@@ -274,7 +274,7 @@ def test_a_source_can_sample_its_videos_its_own_way(processor, toy):
     """One stage mixes views of the same clips: a source's `video_backend` overrides the stage's for its records."""
     media = str(toy / "data" / "media")
     record = (toy / "data" / "train_questions_video.jsonl").read_text().splitlines()[0]
-    rows = [SourceRecord("codec_view", 0, 0, record), SourceRecord("frames_view", 0, 0, record)]
+    rows = [SourceRecord("codec_view", "0", 0, record), SourceRecord("frames_view", "0", 0, record)]
     sources = {
         "codec_view": DataSource(path="unused", format="llava", media_root=media, video_backend="codec"),
         "frames_view": DataSource(path="unused", format="llava", media_root=media),

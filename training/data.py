@@ -21,10 +21,10 @@ Media may be paths (relative ones resolve against the source's `media_root`), em
 values as `{"bytes", "path"}`, raw bytes, PIL images) and embedded videos (bytes, `{"bytes", "path"}`), single or
 listed. Other column names are mapped per source with `columns:` (see `sources.py`).
 
-`TrainingStream` is what a stage trains on: an endless, deterministic weighted interleaving of the sources
-(`mixed_records`) dealt round-robin to every (rank, DataLoader worker) pair, so each record is decoded once per pass
-across all ranks and workers, and every rank can always fill its next batch (equal optimizer steps on every rank,
-however unevenly bad samples fall; the stage ends at `max_steps`).
+`TrainingStream` is what a stage trains on: every (rank, DataLoader worker) pair reads its own share of each source
+and mixes them by weight (`mixed_records`), endlessly and deterministically, so each record is read and decoded once
+per pass across all ranks and workers, and every rank can always fill its next batch (equal optimizer steps on every
+rank, however unevenly bad samples fall; the stage ends at `max_steps`).
 
 `processed_samples` turns records into model inputs with the processor and its chat template; labels cover only
 assistant turns (their text and the closing `<|im_end|>`). A sample longer than `max_length` is retried with smaller
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ..processing.processing_llava_onevision2 import marks_assistant_turns
-from .sources import DataSource, SourceRecords, rename_columns, unpack_webdataset_sample
+from .sources import DataSource, Keyed, SourceRecords, rename_columns, unpack_webdataset_sample
 
 logger = logging.getLogger(__name__)
 
@@ -338,41 +338,43 @@ def to_messages(record: dict, source_format: str, media_root: str | None, captio
 
 
 class SourceRecord(NamedTuple):
-    """One raw record of the stream: its source, its position in that source and which pass over the source."""
+    """One raw record of a stream: its source, its key there ("<index>" or "<unit>:<position>", see `ReaderShare`),
+    which pass over the source, the record, and where it was read (file, row group) for messages."""
 
     source: str
-    index: int
+    key: str
     epoch: int
     record: dict | str
+    where: str = ""
 
     @property
     def sample_id(self) -> str:
-        return f"{self.source}#{self.index}" + (f"@{self.epoch}" if self.epoch else "")
+        return f"{self.source}#{self.key}" + (f"@{self.epoch}" if self.epoch else "")
 
 
-def mixed_records(sources: list[tuple[DataSource, Iterable]], seed: int = 0, endless: bool = False):
-    """One stream drawing from each source in proportion to its weight; a source that runs out starts its next pass.
-    Ends once every source has been read in full (or never, when `endless`). The same seed gives the same stream in
-    every process, which is what lets ranks and workers deal it out without talking to each other."""
+def mixed_records(sources: list[tuple[DataSource, Iterable[Keyed]]], seed: int | str = 0, endless: bool = False):
+    """One stream drawing from each source (its `Keyed` records, e.g. a reader's share) in proportion to its weight;
+    a source that runs out starts its next pass. Ends once every source has been read in full (or never, when
+    `endless`). The same seed gives the same stream."""
     rng = random.Random(seed)
     weights = [source.weight for source, _ in sources]
     iterators = [iter(records) for _, records in sources]
-    positions, epochs, finished = [0] * len(sources), [0] * len(sources), set()
+    counts, epochs, finished = [0] * len(sources), [0] * len(sources), set()
     while True:
         pick = rng.choices(range(len(sources)), weights)[0] if len(sources) > 1 else 0
         source, records = sources[pick]
         try:
-            record = next(iterators[pick])
+            keyed = next(iterators[pick])
         except StopIteration:
-            if positions[pick] == 0:
+            if counts[pick] == 0:
                 raise ValueError(f"Data source {source.label!r} ({source.path}) holds no records.") from None
             finished.add(pick)
             if not endless and len(finished) == len(sources):
                 return
-            epochs[pick], positions[pick], iterators[pick] = epochs[pick] + 1, 0, iter(records)
-            record = next(iterators[pick])
-        yield SourceRecord(source.label, positions[pick], epochs[pick], record)
-        positions[pick] += 1
+            epochs[pick], counts[pick], iterators[pick] = epochs[pick] + 1, 0, iter(records)
+            keyed = next(iterators[pick])
+        counts[pick] += 1
+        yield SourceRecord(source.label, keyed.key, epochs[pick], keyed.record, keyed.where)
 
 
 def distributed_position() -> tuple[int, int]:
@@ -497,7 +499,7 @@ def processed_samples(
     stats = stats if stats is not None else SampleStats()
     sources = sources or {}
     for item in records:
-        where = f"record {item.index} of {item.source}"
+        where = f"record {item.key} of {item.source}" + (f" ({item.where})" if item.where else "")
         source = sources.get(item.source) or DataSource(path=item.source)
         try:
             messages = record_messages(item, source)
@@ -547,14 +549,15 @@ def reader_position() -> tuple[int, int]:
 class TrainingStream:
     """The samples a stage trains on: endless, deterministic, and dealt out to ranks and workers without overlap.
 
-    Record k of the `mixed_records` stream belongs to reader `k % readers`, where the readers are the (rank,
-    DataLoader worker) pairs. Every reader walks the same stream and decodes only its own records (reading one is
-    cheap: media stay encoded), so each record is decoded once per pass across all ranks and workers. `as_dataset()`
-    exposes the stream as a `datasets.IterableDataset` with `STREAM_SHARDS` shard ids, which is what lets accelerate
-    give each rank its own copy (`IterableDataset.shard`, as `split_dataset_by_node` does) and `datasets` start every
-    DataLoader worker; the ids carry no records themselves. The stream never ends, so every rank fills every batch and all ranks take
-    the same number of optimizer steps however unevenly bad samples fall; the Trainer's `max_steps` ends the stage.
-    A resumed run replays the same stream, which makes its data position exact.
+    The readers are the (rank, DataLoader worker) pairs. Each reader takes its share of every source
+    (`SourceRecords.share`: whole units - parquet row groups, tar shards, Hub shards - dealt round-robin, or single
+    records for a source with few units) and mixes its shares by weight with its own seeded draw, so each record is
+    read and decoded by one reader per pass. `as_dataset()` exposes the stream as a `datasets.IterableDataset` with
+    `STREAM_SHARDS` shard ids, which is what lets accelerate give each rank its own copy (`IterableDataset.shard`, as
+    `split_dataset_by_node` does) and `datasets` start every DataLoader worker; the ids carry no records themselves.
+    The stream never ends, so every rank fills every batch and all ranks take the same number of optimizer steps
+    however unevenly bad samples fall; the Trainer's `max_steps` ends the stage. A resumed run (same ranks and
+    workers) replays the same streams, which makes its data position exact.
 
     With `stats_dir`, each reader writes its `SampleStats` to `<stats_dir>/<reader>.json` (worker processes cannot
     update the main process's counts); `collect_stats` adds them up."""
@@ -608,9 +611,9 @@ class TrainingStream:
             stats.path = os.path.join(
                 self.stats_dir, f"rank{rank:03d}-of-{world}-reader{reader:04d}-of-{readers}.json"
             )
-        records = mixed_records(self.records, self.seed, endless=True)
+        shares = [(source, records.share(reader, readers)) for source, records in self.records]
         yield from processed_samples(
-            (item for k, item in enumerate(records) if k % readers == reader),
+            mixed_records(shares, f"{self.seed}/{reader}", endless=True),
             self.processor,
             self.max_length,
             self.budgets,

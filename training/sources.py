@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 JSON_SUFFIXES = (".json", ".jsonl")
 TABLE_READERS = {".parquet": "parquet", ".arrow": "arrow", ".tar": "webdataset"}
@@ -119,8 +120,27 @@ def is_hub_id(path: str) -> bool:
 # -- records --------------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Unit:
+    """A run of records read together: a parquet row group, an Arrow file, a tar shard, a Hub dataset shard, or a
+    chunk of JSON records. Readers are dealt whole units, so a reader never reads another reader's units."""
+
+    number: int
+    where: str  # file (and row group) for messages
+    read: Callable[[], Iterator[dict | str]]
+
+
+class Keyed(NamedTuple):
+    """A record with its key in the source ("<index>" or "<unit>:<position>") and its place for messages."""
+
+    key: str
+    where: str
+    record: dict | str
+
+
 class SourceRecords:
-    """The records of one source, re-readable from the start (each pass of a training stream reads them again).
+    """The records of one source as units, re-readable from the start (each pass of a training stream reads them
+    again). Iterating gives every record in order; `share(reader, readers)` gives one reader's share.
 
     `streaming` chooses between keeping the records in memory (read once) and reading them again on every pass:
     by default JSON files are kept in memory, table files and tar shards are read from disk, and Hub datasets are
@@ -140,17 +160,92 @@ class SourceRecords:
             if not self.files:
                 raise ValueError(f"Data source {path} holds no {' / '.join(supported_suffixes())} files.")
             self.reader = file_reader(self.files, path)
-        self.hub_dataset = load_hub_dataset(source) if self.reader == "hub" else None
+        self.units = source_units(self)
         keep = source.streaming is False or (source.streaming is None and self.reader == "json")
-        self.in_memory = list(self.read()) if keep and self.reader != "hub" else None
-
-    def read(self) -> Iterator[dict | str]:
-        if self.reader == "hub":
-            return iterate_rows(self.hub_dataset)
-        return FILE_READERS[self.reader](self.files)
+        if keep and self.reader != "hub":
+            records = [record for unit in self.units for record in unit.read()]
+            self.units = [
+                Unit(n, f"{path} (records {start}-{start + len(chunk) - 1})", lambda chunk=chunk: iter(chunk))
+                for n, (start, chunk) in enumerate(chunks(records, MEMORY_UNIT))
+            ]
 
     def __iter__(self) -> Iterator[dict | str]:
-        return iter(self.in_memory) if self.in_memory is not None else self.read()
+        return (record for unit in self.units for record in unit.read())
+
+    def share(self, reader: int = 0, readers: int = 1) -> ReaderShare:
+        return ReaderShare(self, reader, readers)
+
+
+MEMORY_UNIT = 256  # records per unit of an in-memory source
+UNITS_PER_READER = 8  # fewer units than this per reader: records are dealt one by one instead
+
+
+class ReaderShare:
+    """One reader's records of a source, as `Keyed` records, re-readable. With at least `UNITS_PER_READER` units per
+    reader, the reader gets every `readers`-th unit and reads nothing else; a smaller source is read in full by every
+    reader, which keeps every `readers`-th record (so even a tiny source is shared evenly)."""
+
+    def __init__(self, records: SourceRecords, reader: int, readers: int):
+        self.records, self.reader, self.readers = records, reader, readers
+        self.by_unit = len(records.units) >= UNITS_PER_READER * readers
+
+    def __iter__(self) -> Iterator[Keyed]:
+        if self.by_unit:
+            for unit in self.records.units[self.reader :: self.readers]:
+                for position, record in enumerate(unit.read()):
+                    yield Keyed(f"{unit.number}:{position}", unit.where, record)
+            return
+        index = 0
+        for unit in self.records.units:
+            for record in unit.read():
+                if index % self.readers == self.reader:
+                    yield Keyed(str(index), unit.where, record)
+                index += 1
+        if 0 < index <= self.reader:  # fewer records than readers: this reader repeats one of them
+            wanted = self.reader % index
+            keyed = (Keyed(str(i), u.where, r) for i, (u, r) in enumerate(self.all_records()))
+            yield next(k for k in keyed if k.key == str(wanted))
+
+    def all_records(self) -> Iterator[tuple[Unit, dict | str]]:
+        return ((unit, record) for unit in self.records.units for record in unit.read())
+
+
+def chunks(items: list, size: int) -> Iterator[tuple[int, list]]:
+    for start in range(0, len(items), size):
+        yield start, items[start : start + size]
+
+
+def source_units(records: SourceRecords) -> list[Unit]:
+    """The units of a source (see `Unit`)."""
+    source = records.source
+    if records.reader == "hub":
+        dataset = load_hub_dataset(source)
+        count = dataset.num_shards
+        return [
+            Unit(i, f"{source.path} shard {i} of {count}", lambda i=i: iterate_rows(dataset.shard(count, i)))
+            for i in range(count)
+        ]
+    if records.reader == "parquet":
+        import pyarrow.parquet as pq
+
+        units = []
+        for file in records.files:
+            for group in range(pq.ParquetFile(file).num_row_groups):
+                units.append(
+                    Unit(len(units), f"{file} row group {group}", lambda f=file, g=group: read_row_group(f, g))
+                )
+        return units
+    read = FILE_READERS[records.reader]
+    return [Unit(n, file, lambda f=file: read([f])) for n, file in enumerate(records.files)]
+
+
+def read_row_group(file: str, group: int) -> Iterator[dict]:
+    """Rows of one parquet row group. Embedded images come as `{"bytes", "path"}`, as `datasets.Image` stores
+    them; each file keeps its own schema (the released subsets differ in turn style)."""
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(file).iter_batches(batch_size=READ_BATCH, row_groups=[group]):
+        yield from batch.to_pylist()
 
 
 def read_json_records(files: list[str]) -> Iterator[str]:
@@ -169,13 +264,11 @@ def read_json_records(files: list[str]) -> Iterator[str]:
 
 
 def read_parquet_rows(files: list[str]) -> Iterator[dict]:
-    """Rows of parquet files, each file with its own schema (the released subsets differ in turn style). Embedded
-    images come as `{"bytes", "path"}`, as `datasets.Image` stores them."""
     import pyarrow.parquet as pq
 
     for file in files:
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=READ_BATCH):
-            yield from batch.to_pylist()
+        for group in range(pq.ParquetFile(file).num_row_groups):
+            yield from read_row_group(file, group)
 
 
 def read_arrow_rows(files: list[str]) -> Iterator[dict]:
@@ -245,7 +338,7 @@ def load_hub_dataset(source: DataSource):
             "then set the source's `path` to DIR (parquet, arrow and webdataset folders are read directly)."
         ) from error
     if isinstance(dataset, datasets.Dataset):
-        dataset = dataset.to_iterable_dataset()
+        dataset = dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset) // MEMORY_UNIT, 1024)))
     return dataset.decode(False)
 
 
@@ -301,7 +394,10 @@ def unpack_webdataset_sample(record: dict) -> dict:
 
 __all__ = [
     "DataSource",
+    "Keyed",
+    "ReaderShare",
     "SourceRecords",
+    "Unit",
     "file_reader",
     "is_hub_id",
     "read_json_records",
