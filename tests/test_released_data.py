@@ -124,6 +124,39 @@ def test_video_caption_messages_get_their_clip_first(released):
     }
 
 
+def test_role_content_turns_with_item_lists_place_their_media():
+    record = {
+        "images": ["a.png", "b.png"],
+        "conversations": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and <image>: same?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "No."}]},
+        ],
+    }
+    user, assistant = to_messages(record, "auto", "/m")["messages"]
+    assert user["content"] == [
+        {"type": "image", "image": "/m/a.png"},
+        {"type": "text", "text": "and "},
+        {"type": "image", "image": "/m/b.png"},
+        {"type": "text", "text": ": same?"},
+    ]
+    assert assistant == {"role": "assistant", "content": [{"type": "text", "text": "No."}]}
+
+
+def test_hub_webdataset_samples_with_decoded_annotation_and_encoded_media():
+    from llava_onevision2.training.sources import unpack_webdataset_sample
+
+    sample = {
+        "__key__": "s0",
+        "__url__": "hf://spatial-00000.tar",
+        "json": {"conversations": [{"from": "human", "value": "<image>\nWhere?"}, {"from": "gpt", "value": "Left."}]},
+        "jpg": {"bytes": png("red", image_format="JPEG"), "path": "s0.jpg"},
+    }
+    record = unpack_webdataset_sample(sample)
+    assert record["id"] == "s0" and record["images"] == [sample["jpg"]]
+    user = to_messages(record, "auto", None)["messages"][0]
+    assert user["content"][0]["type"] == "image" and user["content"][0]["image"].format == "JPEG"
+
+
 def test_webdataset_members_group_by_key(released):
     samples = list(read_webdataset_samples([os.path.join(released["spatial"].path, "spatial-00000.tar")]))
     assert [s["__key__"] for s in samples] == [f"refcoco_{i:06d}" for i in range(4)]
@@ -194,7 +227,8 @@ def test_a_folder_mixing_file_kinds_or_holding_none_is_refused(tmp_path):
         SourceRecords(DataSource(str(tmp_path / "missing.parquet")))
 
 
-def test_a_hub_id_passes_subset_split_revision_and_streaming(monkeypatch, released):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_hub_id_passes_subset_split_revision_and_streaming(monkeypatch, released, streaming):
     calls = []
     local = datasets.Dataset.from_parquet(
         sorted(str(p) for p in Path(released["instruct"].path, "ai2d_gpt4v").glob("*.parquet"))
@@ -202,15 +236,17 @@ def test_a_hub_id_passes_subset_split_revision_and_streaming(monkeypatch, releas
 
     def load_dataset(path, **kwargs):
         calls.append((path, kwargs))
-        return local
+        return local.to_iterable_dataset(num_shards=2) if kwargs["streaming"] else local
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    source = DataSource("mvp-lab/LLaVA-OneVision-1.5-Instruct-Data", subset="ai2d_gpt4v", revision="abc123")
+    source = DataSource(
+        "mvp-lab/LLaVA-OneVision-1.5-Instruct-Data", subset="ai2d_gpt4v", revision="abc123", streaming=streaming
+    )
     records = list(SourceRecords(source))
     assert calls == [
         (
             "mvp-lab/LLaVA-OneVision-1.5-Instruct-Data",
-            {"name": "ai2d_gpt4v", "split": "train", "revision": "abc123", "streaming": False},
+            {"name": "ai2d_gpt4v", "split": "train", "revision": "abc123", "streaming": streaming},
         )
     ]
     assert len(records) == 4 and set(records[0]["image"]) == {"bytes", "path"}  # media stay encoded

@@ -235,7 +235,7 @@ def source_units(records: SourceRecords) -> list[Unit]:
                     Unit(len(units), f"{file} row group {group}", lambda f=file, g=group: read_row_group(f, g))
                 )
         return units
-    read = FILE_READERS[records.reader]
+    read = FILE_READERS[records.reader]  # JSON, Arrow and tar files are read whole
     return [Unit(n, file, lambda f=file: read([f])) for n, file in enumerate(records.files)]
 
 
@@ -261,14 +261,6 @@ def read_json_records(files: list[str]) -> Iterator[str]:
                 loaded = json.load(handle)
                 for record in loaded if isinstance(loaded, list) else [loaded]:
                     yield json.dumps(record)
-
-
-def read_parquet_rows(files: list[str]) -> Iterator[dict]:
-    import pyarrow.parquet as pq
-
-    for file in files:
-        for group in range(pq.ParquetFile(file).num_row_groups):
-            yield from read_row_group(file, group)
 
 
 def read_arrow_rows(files: list[str]) -> Iterator[dict]:
@@ -311,7 +303,6 @@ def read_webdataset_samples(files: list[str]) -> Iterator[dict]:
 
 FILE_READERS = {
     "json": read_json_records,
-    "parquet": read_parquet_rows,
     "arrow": read_arrow_rows,
     "webdataset": read_webdataset_samples,
 }
