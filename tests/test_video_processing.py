@@ -16,7 +16,7 @@ from synthetic_media import (
     synthetic_frame,
 )
 
-from llava_onevision2.processing.video_decoding_llava_onevision2 import read_video, sample_frame_indices
+from llava_onevision2.processing.video_decoding_llava_onevision2 import frame_to_rgb, read_video, sample_frame_indices
 from llava_onevision2.processing.video_processing_llava_onevision2 import LlavaOnevision2VideoProcessor
 from llava_onevision2.processing.vision_layout_llava_onevision2 import block_layout_positions
 
@@ -185,3 +185,12 @@ def test_video_processor_save_and_load(tmp_path):
     processor.save_pretrained(tmp_path)
     loaded = LlavaOnevision2VideoProcessor.from_pretrained(tmp_path)
     assert (loaded.video_format, loaded.max_frames, loaded.min_pixels) == ("training", 8, SMALL["min_pixels"])
+
+
+@pytest.mark.parametrize("width, height", [(64, 64), (322, 198), (1280, 720)])
+def test_a_shared_frame_converter_gives_the_pixels_of_a_fresh_one(width, height):
+    """Decoding converts every frame with one reformatter per pass; the pixels equal PyAV's per-frame conversion."""
+    container = av.open(io.BytesIO(encode_video(num_frames=4, rate=10, width=width, height=height)))
+    reformatter = av.video.reformatter.VideoReformatter()
+    for frame in container.decode(video=0):
+        np.testing.assert_array_equal(frame_to_rgb(frame, reformatter), frame.to_ndarray(format="rgb24"))
