@@ -590,8 +590,10 @@ class TrainingStream:
     def reset_stats(self) -> None:
         """Forget what was read so far in this process (e.g. the sample a trainer looks at before training)."""
         self.stats = self.new_stats()
+        if self.stats_dir is None:
+            return
         rank, _ = distributed_position()
-        for path in glob.glob(os.path.join(self.stats_dir or "", f"rank{rank:03d}-*.json")):
+        for path in glob.glob(os.path.join(self.stats_dir, f"rank{rank:03d}-*.json")):
             os.remove(path)
 
     def as_dataset(self):
