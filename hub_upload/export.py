@@ -30,6 +30,7 @@ REMOTE_CODE = (
     "video_processing_llava_onevision2.py",
     "video_decoding_llava_onevision2.py",
     "vision_layout_llava_onevision2.py",
+    "resize_rule_llava_onevision2.py",
     "codec_sampling_llava_onevision2.py",
 )
 

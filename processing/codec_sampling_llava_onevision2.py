@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from .resize_rule_llava_onevision2 import smart_resize
 from .video_decoding_llava_onevision2 import (
     DecodeStats,
     check_complete,
@@ -51,7 +52,6 @@ from .video_decoding_llava_onevision2 import (
     load_av,
     open_video,
 )
-from .vision_layout_llava_onevision2 import smart_resize
 
 CACHE_FORMAT_VERSION = 1
 SCORE_SOURCES = ("framediff", "bitcost")

@@ -1,5 +1,8 @@
 """Codec-aligned sampling on videos encoded here, where the moving object's location is known."""
 
+import subprocess
+import sys
+
 import av
 import numpy as np
 import pytest
@@ -299,3 +302,15 @@ def test_bitcost_without_the_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(codec, "bitcost_reader", lambda: None)
     with pytest.raises(ValueError, match="needs the codec-video-prep package"):
         CodecSamplingConfig(score_source="bitcost")
+
+
+def test_the_codec_sampler_imports_without_torch_or_transformers():
+    """A process that only samples videos stays light: neither torch nor transformers is imported."""
+    code = (
+        "import sys\n"
+        "from llava_onevision2.processing.codec_sampling_llava_onevision2 import sample_codec_video\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
