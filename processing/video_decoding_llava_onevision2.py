@@ -49,8 +49,12 @@ def open_video(source):
     if isinstance(source, (str, os.PathLike)):
         if not os.path.exists(source):
             raise FileNotFoundError(f"Video file not found: {name}")
+        if os.path.isfile(source) and os.path.getsize(source) == 0:
+            raise ValueError(f"Video file {name} is empty (0 bytes); the download or copy may have failed.")
         target = os.fspath(source)
     elif isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ValueError("The video is empty (0 bytes).")
         target = io.BytesIO(bytes(source))
     elif hasattr(source, "read"):
         target = source
@@ -101,9 +105,10 @@ class VideoStreamIndex:
 
     @property
     def frame_interval(self) -> float:
-        """Median spacing of frames in seconds (1/fps for constant frame rate)."""
+        """Median spacing of frames in seconds (1/fps for constant frame rate); a one-frame stream has no spacing of
+        its own and takes the stream's declared rate (zero when it declares none)."""
         if self.num_frames < 2:
-            return 0.0
+            return 1.0 / self.average_rate if self.average_rate else 0.0
         return float(np.median(np.diff(self.timestamps)))
 
     @property

@@ -194,3 +194,20 @@ def test_a_shared_frame_converter_gives_the_pixels_of_a_fresh_one(width, height)
     reformatter = av.video.reformatter.VideoReformatter()
     for frame in container.decode(video=0):
         np.testing.assert_array_equal(frame_to_rgb(frame, reformatter), frame.to_ndarray(format="rgb24"))
+
+
+def test_a_one_frame_video_has_the_declared_rate_and_one_frame_of_duration(tmp_path):
+    path = tmp_path / "one.mp4"
+    path.write_bytes(encode_video(num_frames=1, rate=25))
+    clip = read_video(str(path))
+    assert clip.total_num_frames == 1 and clip.timestamps == [0.0]
+    assert clip.fps == pytest.approx(25.0) and clip.duration == pytest.approx(0.04)
+
+
+def test_an_empty_file_is_reported_as_empty(tmp_path):
+    path = tmp_path / "empty.mp4"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.mp4 is empty \(0 bytes\)"):
+        read_video(str(path))
+    with pytest.raises(ValueError, match=r"The video is empty \(0 bytes\)"):
+        read_video(b"")
