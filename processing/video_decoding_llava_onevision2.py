@@ -16,6 +16,7 @@ Every failure names the input: missing or unreadable files, files without a vide
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -77,6 +78,7 @@ class VideoStreamIndex:
 
     Attributes:
         pts: presentation timestamps (stream time base), sorted, one per frame.
+        dts: decoding timestamps of the same packets (same order): what demuxers seek by.
         keyframe: whether each frame (same order) starts a GOP.
         packet_bytes: compressed size of each frame's packet (same order).
         time_base: seconds per pts unit.
@@ -85,6 +87,7 @@ class VideoStreamIndex:
     """
 
     pts: np.ndarray
+    dts: np.ndarray
     keyframe: np.ndarray
     packet_bytes: np.ndarray
     time_base: Fraction
@@ -131,12 +134,13 @@ def index_video_stream(container, name: str) -> VideoStreamIndex:
     av = load_av()
 
     stream = container.streams.video[0]
-    pts, keyframe, sizes = [], [], []
+    pts, dts, keyframe, sizes = [], [], [], []
     try:
         for packet in container.demux(stream):
             if packet.pts is None or packet.size == 0:  # flush packets carry no frame
                 continue
             pts.append(packet.pts)
+            dts.append(packet.dts if packet.dts is not None else packet.pts)
             keyframe.append(packet.is_keyframe)
             sizes.append(packet.size)
     except av.FFmpegError as error:
@@ -146,9 +150,11 @@ def index_video_stream(container, name: str) -> VideoStreamIndex:
     if not pts:
         raise ValueError(f"Video {name} has no decodable frames (its video stream holds no packets).")
     order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
+    order = order[decodable_from_first_keyframe(np.asarray(pts)[order], np.asarray(keyframe)[order])]
     declared = float(container.duration / av.time_base) if container.duration else None
     return VideoStreamIndex(
         pts=np.asarray(pts, dtype=np.int64)[order],
+        dts=np.asarray(dts, dtype=np.int64)[order],
         keyframe=np.asarray(keyframe, dtype=bool)[order],
         packet_bytes=np.asarray(sizes, dtype=np.int64)[order],
         time_base=stream.time_base,
@@ -158,6 +164,15 @@ def index_video_stream(container, name: str) -> VideoStreamIndex:
         declared_duration=declared,
         average_rate=float(stream.average_rate) if stream.average_rate else None,
     )
+
+
+def decodable_from_first_keyframe(pts: np.ndarray, keyframe: np.ndarray) -> np.ndarray:
+    """Mask (presentation order) of the frames a decoder can produce: a stream cut without re-encoding may start
+    mid-GOP, and the frames shown before its first keyframe reference pictures that are not in the file, so
+    decoders drop them. Timestamps then start at the first decodable frame."""
+    if not keyframe.any():
+        return np.ones(len(pts), dtype=bool)  # no keyframe flags (some raw streams): keep every frame
+    return pts >= pts[np.flatnonzero(keyframe)].min()
 
 
 def released_frame_count(duration: float, max_frames: int | None) -> int:
@@ -242,30 +257,98 @@ def iter_frames(container, index: VideoStreamIndex, wanted: list[int], name: str
     """Yield `(position, frame)` for the sorted positions `wanted` of `index`, decoding as little as possible.
 
     The decoder runs on while the next wanted frame is in the GOP being decoded and seeks to the keyframe before it
-    otherwise. A position the stream has no frame for is served by the next decodable frame (its own position is
+    otherwise. Every seek is checked against the index (`seek_at_or_before`); when no seek lands verifiably (MPEG
+    program streams stamp frames differently after a seek), the rest is decoded forward from the start, counting
+    frames. A position the stream has no frame for is served by the next decodable frame (its own position is
     yielded). Raises, naming the video, when a wanted frame cannot be reached.
     """
     stats = stats if stats is not None else DecodeStats()
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     keyframes = np.flatnonzero(index.keyframe)
-    decoder, next_position = None, 0  # `next_position`: where the running decoder is in presentation order
+    frames, next_position, forward = None, 0, False  # the running decoder's (position, frame) pairs
     for target in wanted:
         preceding = np.searchsorted(keyframes, target, side="right") - 1
         gop_start = int(keyframes[preceding]) if preceding >= 0 else 0
-        if decoder is None or target < next_position or gop_start > next_position:
-            container.seek(int(index.pts[gop_start]), stream=stream, backward=True, any_frame=False)
-            decoder = container.decode(stream)
-            stats.seeks += 1
-        found = next_frame_at_or_after(decoder, index, target, name, stats)
+        if frames is None or (not forward and (target < next_position or gop_start > next_position)):
+            frames = None if forward else seek_at_or_before(container, stream, index, keyframes, target, name, stats)
+            if frames is None:
+                forward = True
+                frames = counted_frames_from_start(container, stream, index, name, stats)
+        found = next(((position, frame) for position, frame in frames if position >= target), None)
         if found is None:
             raise ValueError(
                 f"Video {name}: frame {target} (t={index.timestamps[target]:.2f}s) could not be decoded; the file "
                 "may be truncated or damaged."
             )
-        frame, position = found
+        position, frame = found
         next_position = position + 1
         yield position, frame
+
+
+SEEK_BACKOFF_KEYFRAMES = 3  # earlier keyframes tried when a seek lands late, before seeking to the start
+
+
+def seek_at_or_before(container, stream, index: VideoStreamIndex, keyframes: np.ndarray, target: int, name, stats):
+    """`(position, frame)` pairs from a decoder positioned at or before frame `target`, or None when no seek lands
+    where the index says.
+
+    Seeks to the presentation timestamp of the keyframe before the target (exact in MP4 and Matroska), then to its
+    decoding timestamp (demuxers such as MPEG-TS's compare seek targets with decoding timestamps, so a presentation
+    timestamp lands a GOP late when B-frames delay it). A landing counts when the first frame decoded carries a
+    timestamp of the index at or before the target; otherwise earlier keyframes are tried, then a point before the
+    stream's first packet."""
+    preceding = int(np.searchsorted(keyframes, target, side="right")) - 1
+    earliest = max(preceding - SEEK_BACKOFF_KEYFRAMES, 0)
+    seek_points = [int(index.pts[keyframes[preceding]])] if preceding >= 0 else []  # exact where demuxers seek by pts
+    seek_points += [int(index.dts[keyframes[i]]) for i in range(preceding, earliest - 1, -1)]
+    seek_points.append(int(index.dts.min()) - max(1, int(1 / index.time_base)))  # one second before the start
+    for seek_point in seek_points:
+        container.seek(seek_point, stream=stream, backward=True, any_frame=False)
+        stats.seeks += 1
+        frames = frames_by_timestamp(container.decode(stream), index, name, stats)
+        first = next(frames, None)
+        if first is None:
+            continue
+        frame, position = first
+        if position <= target and landed_on_index(frame, position, index):
+            return itertools.chain([(position, frame)], ((p, f) for f, p in frames))
+    return None
+
+
+def landed_on_index(frame, position: int, index: VideoStreamIndex) -> bool:
+    return frame.pts is not None and int(index.pts[position]) == frame.pts
+
+
+def frames_by_timestamp(decoder, index: VideoStreamIndex, name: str, stats: DecodeStats):
+    """`(frame, position)` for each decoded frame, placed by its presentation timestamp."""
+    av = load_av()
+    try:
+        for frame in decoder:
+            stats.frames_decoded += 1
+            if frame.pts is None:
+                raise ValueError(
+                    f"Video {name} has frames without presentation timestamps; cannot place them in time."
+                )
+            yield frame, min(int(np.searchsorted(index.pts, frame.pts)), index.num_frames - 1)
+    except av.FFmpegError as error:
+        raise ValueError(f"Could not decode video {name}: {error}") from error
+
+
+def counted_frames_from_start(container, stream, index: VideoStreamIndex, name: str, stats: DecodeStats):
+    """`(position, frame)` for every frame from the first, placed by counting (decoders emit frames in presentation
+    order); the fallback when timestamps after a seek cannot be trusted."""
+    av = load_av()
+    container.seek(int(index.dts.min()) - max(1, int(1 / index.time_base)), stream=stream, backward=True)
+    stats.seeks += 1
+    try:
+        for position, frame in enumerate(container.decode(stream)):
+            stats.frames_decoded += 1
+            if position >= index.num_frames:
+                return
+            yield position, frame
+    except av.FFmpegError as error:
+        raise ValueError(f"Could not decode video {name}: {error}") from error
 
 
 def decode_frames(
@@ -279,25 +362,6 @@ def decode_frames(
         frames.append(frame_to_rgb(frame, reformatter))
         positions.append(position)
     return frames, positions, stats.frames_decoded
-
-
-def next_frame_at_or_after(decoder, index: VideoStreamIndex, target: int, name: str, stats: DecodeStats):
-    """Pull frames from `decoder` until one at or after position `target`; None when the stream ends first."""
-    av = load_av()
-
-    try:
-        for frame in decoder:
-            stats.frames_decoded += 1
-            if frame.pts is None:
-                raise ValueError(
-                    f"Video {name} has frames without presentation timestamps; cannot place them in time."
-                )
-            position = min(int(np.searchsorted(index.pts, frame.pts)), index.num_frames - 1)
-            if position >= target:
-                return frame, position
-    except av.FFmpegError as error:
-        raise ValueError(f"Could not decode video {name} near frame {target}: {error}") from error
-    return None
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""One encoded stream in every container PyAV writes: seeks land where the index says, the frames served are the
+frames wanted (against a plain sequential decode of the same file), and timestamps match across containers."""
+
+import io
+
+import av
+import numpy as np
+import pytest
+from av.bitstream import BitStreamFilterContext
+from synthetic_media import encode_video
+
+from llava_onevision2.processing.codec_sampling_llava_onevision2 import CodecSamplingConfig, sample_codec_video
+from llava_onevision2.processing.video_decoding_llava_onevision2 import read_video
+
+FRAMES, RATE, GOP = 120, 24, 12
+
+
+@pytest.fixture(scope="module")
+def h264() -> bytes:
+    """H.264 with B-frames (libx264 defaults) in MP4: the stream every remux below copies."""
+    return encode_video(num_frames=FRAMES, rate=RATE, gop=GOP)
+
+
+def remux(data: bytes, container_format: str, options: dict | None = None, annexb: bool = False, skip: int = 0):
+    """The same packets in another container (no re-encoding); `skip` drops the first packets, as a cut does."""
+    source = av.open(io.BytesIO(data))
+    stream_in = source.streams.video[0]
+    buffer = io.BytesIO()
+    target = av.open(buffer, mode="w", format=container_format, options=options or {})
+    stream_out = target.add_stream_from_template(stream_in)
+    convert = BitStreamFilterContext("h264_mp4toannexb", stream_in, stream_out) if annexb else None
+    for number, packet in enumerate(source.demux(stream_in)):
+        if packet.dts is None or number < skip:
+            continue
+        for out in convert.filter(packet) if convert else [packet]:
+            out.stream = stream_out
+            target.mux(out)
+    target.close()
+    return buffer.getvalue()
+
+
+def sequential_frames(data: bytes) -> list[np.ndarray]:
+    """Every frame in presentation order, decoded front to back without a single seek."""
+    container = av.open(io.BytesIO(data))
+    frames = [(frame.pts, frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
+    return [array for _, array in sorted(frames, key=lambda item: item[0])]
+
+
+def encode_direct(codec: str, container_format: str) -> bytes:
+    return encode_video(num_frames=FRAMES, rate=RATE, gop=GOP, codec=codec, container_format=container_format)
+
+
+H264_CONTAINERS = {
+    "mov": ("mov", None),
+    "mkv": ("matroska", None),
+    "ts": ("mpegts", None),
+    "m2ts": ("mpegts", {"mpegts_m2ts_mode": "1"}),
+    "fragmented mp4": ("mp4", {"movflags": "frag_keyframe+empty_moov+default_base_moof"}),
+}
+
+
+@pytest.mark.parametrize("name", list(H264_CONTAINERS))
+def test_the_same_h264_stream_gives_the_same_frames_in_every_container(h264, name):
+    container_format, options = H264_CONTAINERS[name]
+    data = remux(h264, container_format, options)
+    reference, clip = read_video(h264, num_frames=16), read_video(data, num_frames=16)
+    assert clip.total_num_frames == FRAMES and clip.frame_indices == reference.frame_indices
+    np.testing.assert_allclose(clip.timestamps, reference.timestamps, atol=1e-3)  # Matroska keeps milliseconds
+    np.testing.assert_array_equal(clip.frames, reference.frames)
+    truth = sequential_frames(data)
+    np.testing.assert_array_equal(clip.frames, np.stack([truth[i] for i in clip.frame_indices]))
+
+
+@pytest.mark.parametrize(
+    "codec, container_format",
+    [("libvpx-vp9", "webm"), ("mpeg2video", "mpeg"), ("mpeg4", "avi"), ("mpeg2video", "mpegts")],
+)
+def test_seeking_reads_serve_exactly_the_wanted_frames(codec, container_format):
+    data = encode_direct(codec, container_format)
+    truth = sequential_frames(data)
+    clip = read_video(data, num_frames=16)
+    assert clip.total_num_frames == len(truth) == FRAMES
+    np.testing.assert_array_equal(clip.frames, np.stack([truth[i] for i in clip.frame_indices]))
+    np.testing.assert_allclose(clip.timestamps, np.asarray(clip.frame_indices) / RATE, atol=1e-3)
+
+
+def test_a_cut_that_starts_mid_gop_is_stamped_from_its_first_decodable_frame(h264):
+    data = remux(h264, "mp4", skip=5)  # packets 0-4 gone: the frames before the next keyframe cannot be decoded
+    truth = sequential_frames(data)
+    clip = read_video(data, num_frames=8)
+    assert clip.total_num_frames == len(truth) == FRAMES - GOP
+    assert clip.timestamps[0] == 0.0
+    np.testing.assert_array_equal(clip.frames, np.stack([truth[i] for i in clip.frame_indices]))
+
+
+def test_codec_sampling_selects_the_same_canvases_from_mp4_and_mpeg_ts(h264):
+    config = CodecSamplingConfig(progress=False, cache_root=None)
+    from_mp4 = sample_codec_video(h264, config)
+    from_ts = sample_codec_video(remux(h264, "mpegts"), config)
+    assert from_ts.candidate_ids == from_mp4.candidate_ids
+    np.testing.assert_array_equal(from_ts.canvases, from_mp4.canvases)
+
+
+def test_mpeg_ts_seeks_instead_of_decoding_everything(h264):
+    """Verified seeks in MPEG-TS land on the wanted GOP: a sparse read decodes a fraction of the stream."""
+    clip = read_video(remux(h264, "mpegts"), num_frames=4)
+    assert clip.frame_indices == read_video(h264, num_frames=4).frame_indices
+    assert clip.frames_decoded < FRAMES // 2
