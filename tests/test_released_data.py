@@ -1,6 +1,7 @@
 """Training data in the released schemas: local parquet / webdataset / jsonl layouts, Hub ids, column mapping, both
 turn styles, embedded media; and the stream that deals records out to ranks and DataLoader workers."""
 
+import io
 import json
 import os
 import subprocess
@@ -213,6 +214,32 @@ def test_embedded_videos_and_broken_images_in_one_parquet(tmp_path, processor):
     assert len(samples) == 1 and "pixel_values_videos" in samples[0]
     assert stats.dropped == Counter({"unreadable sample (UnidentifiedImageError)": 1})
     assert "record 1 of mixed.parquet" in stats.examples["unreadable sample (UnidentifiedImageError)"]
+
+
+def test_arrow_files_written_by_datasets_are_a_source(tmp_path, released, processor):
+    """A `save_to_disk` folder: Arrow stream files next to its JSON bookkeeping (which is not read as records)."""
+    local = datasets.Dataset.from_parquet(str(next(Path(released["instruct"].path, "ai2d_gpt4v").glob("*.parquet"))))
+    local.save_to_disk(str(tmp_path / "saved"))
+    assert {p.suffix for p in (tmp_path / "saved").iterdir()} == {".arrow", ".json"}
+    source = DataSource(str(tmp_path / "saved"), name="saved")
+    samples = samples_of(source, processor)
+    assert len(samples) == len(local) and all("pixel_values" in s for s in samples)
+
+
+def test_every_image_form_reaches_the_processor_as_an_image():
+    from PIL import Image
+
+    from llava_onevision2.training.data import image_input
+
+    encoded = png("blue")
+    opened = Image.open(io.BytesIO(encoded))
+    assert image_input(opened, None) is opened  # datasets.Image decoded to PIL
+    for value in ({"bytes": encoded, "path": "x.png"}, encoded, bytearray(encoded)):
+        assert image_input(value, "/m").convert("RGB").getpixel((0, 0)) == (30, 40, 220)
+    assert image_input({"bytes": None, "path": "x.png"}, "/m") == "/m/x.png"
+    assert image_input("x.png", "/m") == "/m/x.png" and image_input("/abs/x.png", "/m") == "/abs/x.png"
+    with pytest.raises(ValueError, match="neither bytes nor a path"):
+        image_input({"bytes": None, "path": None}, "/m")
 
 
 def test_a_folder_mixing_file_kinds_or_holding_none_is_refused(tmp_path):

@@ -30,6 +30,7 @@ TABLE_READERS = {".parquet": "parquet", ".arrow": "arrow", ".tar": "webdataset"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 CANONICAL_COLUMNS = ("conversations", "messages", "texts", "caption", "image", "images", "video", "videos", "id")
 FORMATS = ("auto", "llava", "messages", "texts", "caption")
+DATASETS_METADATA = ("dataset_info.json", "state.json", "dataset_dict.json")  # `save_to_disk` bookkeeping, not records
 READ_BATCH = 64  # rows per Arrow batch read
 
 
@@ -92,7 +93,11 @@ def source_files(path: str) -> list[str]:
     files = []
     for folder, subfolders, names in os.walk(path):
         subfolders.sort()
-        files += [os.path.join(folder, name) for name in sorted(names) if name.endswith(supported_suffixes())]
+        files += [
+            os.path.join(folder, name)
+            for name in sorted(names)
+            if name.endswith(supported_suffixes()) and name not in DATASETS_METADATA
+        ]
     return files
 
 
