@@ -244,7 +244,7 @@ def stage_overrides(toy, output, extra=()):
 @pytest.mark.parametrize("stage", STAGES)
 def test_one_step_of_each_stage_changes_only_its_parts(stage, toy, tmp_path):
     recipe = load_recipe(str(CONFIGS / stage), stage_overrides(toy, tmp_path))
-    trainer, processor, stream = prepare(recipe)
+    trainer, processor, stats = prepare(recipe)
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     result = trainer.train()
     assert np.isfinite(result.training_loss)
@@ -255,7 +255,7 @@ def test_one_step_of_each_stage_changes_only_its_parts(stage, toy, tmp_path):
     else:
         assert all("lora_" in name or "merger" in name for name in changed)
         assert not any("visual.encoder" in name for name in changed)
-    assert stream.stats.used >= 4
+    assert stats.used >= 4
 
 
 def test_learning_rate_groups_per_part(toy, tmp_path):

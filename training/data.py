@@ -99,6 +99,13 @@ class SampleStats:
             json.dump(values, handle)
         os.replace(temporary, self.path)  # a reader never sees half a file
 
+    def clear(self) -> None:
+        """Back to no samples (in place: holders of this object see the reset)."""
+        self.used = self.retried_smaller = 0
+        self.dropped, self.examples = Counter(), {}
+        if self.sample_ids is not None:
+            self.sample_ids = []
+
     def merge(self, other: SampleStats) -> None:
         self.used += other.used
         self.retried_smaller += other.retried_smaller
@@ -589,7 +596,7 @@ class TrainingStream:
 
     def reset_stats(self) -> None:
         """Forget what was read so far in this process (e.g. the sample a trainer looks at before training)."""
-        self.stats = self.new_stats()
+        self.stats.clear()
         if self.stats_dir is None:
             return
         rank, _ = distributed_position()

@@ -303,8 +303,9 @@ def save_outputs(trainer, processor, recipe: Recipe, output_dir: str) -> None:
 
 
 def prepare(recipe: Recipe, model=None, processor=None):
-    """Trainer (ready to `train()`), processor and training stream (its `stats` count this process's samples) of a
-    stage; the model's trainable parts are set."""
+    """Trainer (ready to `train()`), processor and the `SampleStats` of this process's data reading (without
+    DataLoader workers; with them, `run` adds up every reader's counts) of a stage; the model's trainable parts are
+    set."""
     processor = processor or load_processor(recipe)
     set_seed(recipe.training.get("seed", 42))  # fresh weights are part of the run: same seed, same start
     model = model or build_model(recipe, processor)
@@ -327,7 +328,7 @@ def prepare(recipe: Recipe, model=None, processor=None):
     if recipe.training.get("fsdp") and not torch.cuda.is_available():
         enable_fsdp_on_cpu(trainer)
     stream.reset_stats()  # SFTTrainer reads one sample to inspect the data; training starts from zero
-    return trainer, processor, stream
+    return trainer, processor, stream.stats
 
 
 def run(recipe: Recipe) -> dict:
