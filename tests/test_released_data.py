@@ -498,3 +498,10 @@ def test_two_ranks_with_two_workers_stay_in_step_share_the_data_and_resume_exact
     assert resumed["steps_per_rank"] == [4, 4]
     assert len(losses(straight)) == 4
     assert losses(resumed)[-2:] == pytest.approx(losses(straight)[2:], rel=1e-4)
+
+
+def test_every_documented_format_is_accepted_and_others_are_named():
+    for name in ("auto", "llava", "messages", "texts", "caption"):
+        assert DataSource.from_dict({"path": "x", "format": name}).format == name
+    with pytest.raises(ValueError, match="format 'sharegpt' is not one of"):
+        DataSource.from_dict({"path": "x", "format": "sharegpt"})

@@ -9,7 +9,7 @@ model:      # where the weights come from and how to build them
   attn_implementation: sdpa
 data:
   root: /data/ov2                     # optional: relative paths below resolve against it
-  sources: [{path: instruct.jsonl, media_root: media, weight: 3.0, format: llava}, ...]  # + name, video_backend
+  sources: [{path: instruct.jsonl, media_root: media, weight: 3.0}, ...]  # all keys: training/README.md
   max_length: 16384
   max_pixels: 1605632                 # per image
   max_frames: 32

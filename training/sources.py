@@ -10,10 +10,11 @@ A data source is one entry of a stage's `data.sources` list. Its `path` is one o
 - a Hub dataset id (`owner/name`) with optional `subset` (config name), `split` and `revision`, loaded with
   `datasets.load_dataset` (streamed when `streaming` is set, downloaded otherwise).
 
-Every source yields plain dicts. Media stay encoded while records are read (images as `{"bytes", "path"}`, videos as
-bytes), so a rank or worker that skips a record pays for reading it, never for decoding it. A per-source `columns`
-mapping renames a source's columns to the names the adapters read (`conversations`, `messages`, `texts`, `image`,
-`images`, `video`, `videos`, `id`).
+Every source yields plain dicts, read in units (parquet row groups, Arrow files, tar shards, Hub shards, chunks of
+in-memory JSON) that are dealt whole to the training stream's readers (`ReaderShare`). Media stay encoded while
+records are read (images as `{"bytes", "path"}`, videos as bytes); they are decoded when the sample is processed. A
+per-source `columns` mapping renames a source's columns to the names the adapters read (`conversations`,
+`messages`, `texts`, `caption`, `image`, `images`, `video`, `videos`, `id`).
 """
 
 from __future__ import annotations
@@ -64,10 +65,8 @@ class DataSource:
         return source
 
     def check(self) -> None:
-        if self.format not in ("auto", "llava", "messages", "texts"):
-            raise ValueError(
-                f"Data source {self.path!r}: format {self.format!r} is not auto, llava, messages or texts."
-            )
+        if self.format not in FORMATS:
+            raise ValueError(f"Data source {self.path!r}: format {self.format!r} is not one of {list(FORMATS)}.")
         if self.weight <= 0:
             raise ValueError(f"Data source {self.path!r}: weight must be positive, got {self.weight}.")
         bad = {key: value for key, value in self.columns.items() if key not in CANONICAL_COLUMNS}
@@ -106,7 +105,7 @@ def supported_suffixes() -> tuple[str, ...]:
 
 
 def file_reader(files: list[str], path: str) -> str:
-    """ "json" or the `datasets` builder that reads every file of a source; one kind per source."""
+    """The reader of a source's files ("json", "parquet", "arrow" or "webdataset"); one kind per source."""
     kinds = {"json" if f.endswith(JSON_SUFFIXES) else TABLE_READERS.get(os.path.splitext(f)[1]) for f in files}
     if None in kinds:
         unsupported = sorted({os.path.splitext(f)[1] or f for f in files if not f.endswith(supported_suffixes())})
