@@ -8,8 +8,9 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    constant frame rate exactly the release's index truncation), optionally moved off keyframes (+-1..4 frames,
    then refilled with the nearest unused non-keyframes);
 2. geometry: one canvas size for all frames, sides multiples of patch x merge, area about `max_pixels`;
-3. score maps (`score_source="framediff"`): per 4x4-pixel cell, the smallest absolute luma difference to the
-   immediately preceding decoded frame over +-`shift_radius` half-resolution pixels of displacement (motion-tolerant
+3. score maps: the released per-macroblock bit-cost where it can be read (`score_source="auto"`, the default:
+   codec-video-prep installed, a file path, H.264/HEVC; `"bitcost"` insists on it); otherwise (`"framediff"`), per
+   4x4-pixel cell, the smallest absolute luma difference to the immediately preceding decoded frame over +-`shift_radius` half-resolution pixels of displacement (motion-tolerant
    block matching), scaled so the frame sums to its packet bits, then log1p, divided by the frame's 99th
    percentile, clipped to [0, 1] and resized to the canvas. (codec-pipeline.md section 3 measured this signal as
    the closest stock-PyAV stand-in for the released per-macroblock bit-cost.) A frame without a decoded
@@ -38,7 +39,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
@@ -54,7 +55,8 @@ from .video_decoding_llava_onevision2 import (
 )
 
 CACHE_FORMAT_VERSION = 1
-SCORE_SOURCES = ("framediff", "bitcost")
+SCORE_SOURCES = ("auto", "framediff", "bitcost")
+BITCOST_CODECS = ("h264", "hevc")  # what the released patched decoder reads bit-costs from
 BITCOST_GRIDS = ("adaptive", "mb", "sub", "ctu")
 MIN_CANVAS_PIXELS = 56 * 56
 
@@ -107,7 +109,9 @@ class CodecSamplingConfig:
     avoid_keyframes: bool = True
     # ours
     merge: int = 2
-    score_source: str = "framediff"  # or "bitcost": the released signal, when codec-video-prep is installed
+    # "auto": the released bit-cost where it can be read (codec-video-prep installed, a file path, H.264/HEVC),
+    # else "framediff"; "bitcost" insists on the released signal; "framediff" never uses it
+    score_source: str = "auto"
     bitcost_grid: str = "adaptive"  # bitcost only: ctu for hevc/vp9, macroblocks otherwise (the release default)
     coverage_bins: int = 3
     delta_ratio: float = 0.05
@@ -144,7 +148,7 @@ class CodecSamplingConfig:
         if self.score_source == "bitcost" and bitcost_reader() is None:
             raise ValueError(
                 "score_source='bitcost' needs the codec-video-prep package (pip install --no-deps codec-video-prep; "
-                "its reader also runs on numpy 2). The default score_source='framediff' needs nothing extra."
+                "its reader also runs on numpy 2). score_source='auto' (the default) or 'framediff' need nothing extra."
             )
 
     @classmethod
@@ -640,11 +644,34 @@ def store_cached(path: str, sample: CodecSample) -> None:
     os.replace(temporary, path)
 
 
+def resolve_score_source(config: CodecSamplingConfig, source) -> CodecSamplingConfig:
+    """`score_source="auto"` made concrete for one video (before the cache lookup, so the cache key names the signal
+    actually used): the released bit-cost when codec-video-prep is installed, the video is a file path (the patched
+    decoder opens files itself) and its codec is H.264 or HEVC; the stock-PyAV `framediff` otherwise."""
+    if config.score_source != "auto":
+        return config
+    readable = bitcost_reader() is not None and isinstance(source, (str, os.PathLike))
+    codec = stream_codec(source) if readable else None
+    return replace(config, score_source="bitcost" if codec in BITCOST_CODECS else "framediff")
+
+
+def stream_codec(path) -> str | None:
+    """The codec name of a file's first video stream (container header only), or None when it cannot be read."""
+    try:
+        container = open_video(path)
+    except (OSError, ValueError):
+        return None  # the sampler itself reports the problem
+    try:
+        return container.streams.video[0].codec_context.name
+    finally:
+        container.close()
+
+
 def sample_codec_video(
     source, config: CodecSamplingConfig | None = None, keep_candidates: bool = False
 ) -> CodecSample:
     """Run the codec-aligned selection on one video (a path, bytes or a binary file object)."""
-    config = config or CodecSamplingConfig()
+    config = resolve_score_source(config or CodecSamplingConfig(), source)
     deadline = time.monotonic() + config.timeout
     path = None if keep_candidates else cache_path(source, config)
     if path is not None and (cached := load_cached(path)) is not None:

@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from synthetic_media import encode_moving_box
+from synthetic_media import encode_moving_box, encode_video
 
 from conftest import tiny_config, tiny_tokenizer
 from llava_onevision2.modeling import LlavaOnevision2ForConditionalGeneration
@@ -284,7 +284,8 @@ def test_bitcost_source_runs_through_the_same_selection(moving, tmp_path):
     pytest.importorskip("codec_video_prep.cv_reader_fast", reason="codec-video-prep (optional) is not installed")
     path = tmp_path / "clip.mp4"
     path.write_bytes(moving[0])
-    framediff = sample_codec_video(str(path), SMALL, keep_candidates=True)
+    framediff_config = CodecSamplingConfig(**{**SMALL.settings(), "score_source": "framediff"})
+    framediff = sample_codec_video(str(path), framediff_config, keep_candidates=True)
     bitcost_config = CodecSamplingConfig(**{**SMALL.settings(), "score_source": "bitcost"})
     bitcost = sample_codec_video(str(path), bitcost_config, keep_candidates=True)
     assert bitcost.report["score_source"] == "bitcost"
@@ -294,6 +295,47 @@ def test_bitcost_source_runs_through_the_same_selection(moving, tmp_path):
     ours = {block for group in framediff.selected for block in group}
     released = {block for group in bitcost.selected for block in group}
     assert len(ours & released) / len(ours | released) > 0.3  # measured 0.60 on this clip
+
+
+def fake_bitcost_reader(calls):
+    """Stands in for codec-video-prep's reader: a bit-cost map per requested frame, busiest on the right half."""
+
+    def read(path, frame_ids, export_bitcost, thread_type):
+        calls.append(path)
+        costs = np.ones((12, 20))
+        costs[:, 10:] = 50.0
+        return [{"frame_idx": i, "bitcost": {"mb_bit_cost": costs}} for i in frame_ids]
+
+    return read
+
+
+def test_auto_uses_the_released_bitcost_where_it_can_be_read(moving, tmp_path, monkeypatch):
+    from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
+
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(moving[0])
+    calls = []
+    monkeypatch.setattr(codec, "bitcost_reader", lambda: fake_bitcost_reader(calls))
+    sample = sample_codec_video(str(path), SMALL, keep_candidates=True)  # score_source="auto" by default
+    assert SMALL.score_source == "auto" and sample.report["score_source"] == "bitcost"
+    assert calls == [str(path)]
+    collage_columns = [w for group in sample.selected for _, _, w in group]
+    assert min(collage_columns) >= sample.canvases.shape[2] // 28 // 2  # the fake reader's busy right half
+    # Bytes (the patched decoder opens files itself) and other codecs fall back to the stock-PyAV signal.
+    assert sample_codec_video(moving[0], SMALL).report["score_source"] == "framediff"
+    vp9 = tmp_path / "clip.webm"
+    vp9.write_bytes(encode_video(num_frames=40, rate=10, codec="libvpx-vp9", container_format="webm"))
+    assert sample_codec_video(str(vp9), SMALL).report["score_source"] == "framediff"
+    assert calls == [str(path)]
+
+
+def test_auto_without_the_package_uses_framediff(moving, tmp_path, monkeypatch):
+    from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
+
+    monkeypatch.setattr(codec, "bitcost_reader", lambda: None)
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(moving[0])
+    assert sample_codec_video(str(path), SMALL).report["score_source"] == "framediff"
 
 
 def test_bitcost_without_the_package_is_a_clear_error(monkeypatch):
