@@ -500,6 +500,12 @@ def test_two_ranks_with_two_workers_stay_in_step_share_the_data_and_resume_exact
     assert losses(resumed)[-2:] == pytest.approx(losses(straight)[2:], rel=1e-4)
 
 
+def test_hub_selectors_on_a_local_path_fail_instead_of_being_ignored(released):
+    for selector in ({"subset": "ai2d_gpt4v"}, {"split": "validation"}, {"revision": "main"}):
+        with pytest.raises(ValueError, match=f"{next(iter(selector))} select within a Hub dataset"):
+            SourceRecords(DataSource(released["instruct"].path, **selector))
+
+
 def test_every_documented_format_is_accepted_and_others_are_named():
     for name in ("auto", "llava", "messages", "texts", "caption"):
         assert DataSource.from_dict({"path": "x", "format": name}).format == name

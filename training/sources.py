@@ -160,6 +160,15 @@ class SourceRecords:
                 f"Data source not found: {path} (neither a file, a folder nor a Hub dataset id like owner/name)."
             )
         else:
+            hub_only = {"subset": source.subset, "revision": source.revision}
+            if source.split != "train":
+                hub_only["split"] = source.split
+            given = sorted(key for key, value in hub_only.items() if value is not None)
+            if given:
+                raise ValueError(
+                    f"Data source {path}: {', '.join(given)} select within a Hub dataset, but this path is local; "
+                    "point `path` at the subset's folder or file instead."
+                )
             self.files = source_files(path)
             if not self.files:
                 raise ValueError(f"Data source {path} holds no {' / '.join(supported_suffixes())} files.")
