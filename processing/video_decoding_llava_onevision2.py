@@ -80,7 +80,8 @@ class VideoStreamIndex:
         pts: presentation timestamps (stream time base), sorted, one per frame.
         dts: decoding timestamps of the same packets (same order): what demuxers seek by.
         keyframe: whether each frame (same order) starts a GOP.
-        packet_bytes: compressed size of each frame's packet (same order).
+        packet_bytes: compressed size of each frame's picture (same order): its slice NAL units for H.264/HEVC
+            (so container framing does not count), else its packet size.
         time_base: seconds per pts unit.
         width, height: coded frame size. rotation: degrees counter-clockwise to display upright.
         declared_duration: the container's own duration in seconds (None when it has none).
@@ -129,12 +130,66 @@ class VideoStreamIndex:
         return self.num_frames / self.average_rate if self.average_rate else self.duration
 
 
+ANNEX_B_START = b"\x00\x00\x01"
+
+
+def is_slice_nal(codec: str, header: int) -> bool:
+    """Whether a NAL unit carries picture data (H.264 types 1-5, HEVC VCL types 0-31), from its first byte."""
+    return 1 <= header & 0x1F <= 5 if codec == "h264" else (header >> 1) & 0x3F < 32
+
+
+def nal_length_size(stream) -> int | None:
+    """Bytes of the length prefix before each NAL unit in MP4-style (avcC/hvcC) H.264/HEVC, or None for Annex B."""
+    extradata = stream.codec_context.extradata or b""
+    if not extradata or extradata[0] != 1:  # configuration records start with version 1; Annex B with a start code
+        return None
+    offset = 4 if stream.codec_context.name == "h264" else 21
+    return (extradata[offset] & 0x03) + 1 if len(extradata) > offset else 4
+
+
+def slice_payload_bytes(data: bytes, codec: str, length_size: int | None) -> int:
+    """Bytes of the picture's slice NAL units, without start codes, length prefixes, delimiters or parameter sets.
+
+    The same H.264/HEVC stream in MP4 (length-prefixed) and MPEG-TS (start codes plus an access unit delimiter per
+    frame and parameter sets per keyframe) has packets of different sizes; the slices inside are identical, so the
+    frame sizes the codec sampler's bit model uses do not depend on the container."""
+    total, position = 0, 0
+    if length_size is not None:
+        while position + length_size <= len(data):
+            size = int.from_bytes(data[position : position + length_size], "big")
+            start = position + length_size
+            if size and start < len(data) and is_slice_nal(codec, data[start]):
+                total += min(size, len(data) - start)
+            position = start + size
+        return total
+    starts = []
+    found = data.find(ANNEX_B_START)
+    while found >= 0:
+        starts.append(found + 3)
+        found = data.find(ANNEX_B_START, found + 3)
+    for begin, next_start in zip(starts, starts[1:] + [len(data) + 3]):
+        unit = data[begin : next_start - 3].rstrip(b"\x00")  # a 4-byte start code's leading zero belongs to none
+        if unit and is_slice_nal(codec, unit[0]):
+            total += len(unit)
+    return total
+
+
+def coded_size_reader(stream):
+    """A function packet -> compressed bytes of its picture: slice payload for H.264/HEVC, else the packet size."""
+    codec = stream.codec_context.name
+    if codec not in ("h264", "hevc"):
+        return lambda packet: packet.size
+    length_size = nal_length_size(stream)
+    return lambda packet: slice_payload_bytes(bytes(packet), codec, length_size) or packet.size
+
+
 def index_video_stream(container, name: str) -> VideoStreamIndex:
     """Demux every packet of the first video stream (no decoding) into a `VideoStreamIndex`."""
     av = load_av()
 
     stream = container.streams.video[0]
     pts, dts, keyframe, sizes = [], [], [], []
+    coded_size = coded_size_reader(stream)
     try:
         for packet in container.demux(stream):
             if packet.pts is None or packet.size == 0:  # flush packets carry no frame
@@ -142,7 +197,7 @@ def index_video_stream(container, name: str) -> VideoStreamIndex:
             pts.append(packet.pts)
             dts.append(packet.dts if packet.dts is not None else packet.pts)
             keyframe.append(packet.is_keyframe)
-            sizes.append(packet.size)
+            sizes.append(coded_size(packet))
     except av.FFmpegError as error:
         if not pts:
             raise ValueError(f"Could not read packets of video {name}: {error}") from error
