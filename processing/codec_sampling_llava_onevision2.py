@@ -603,23 +603,61 @@ def decode_one(frame, position, geometry, candidate_set, frames, reformatter, sc
     return luma
 
 
-def bitcost_cell_maps(source, candidate_ids: list[int], codec: str, grid: str, name: str) -> dict[int, np.ndarray]:
-    """Per-block bit counts of each candidate from the released patched decoder (codec-video-prep)."""
+def released_reader_pass(source, index, candidate_ids: list[int], config: CodecSamplingConfig, geometry, name: str):
+    """One pass of the released patched decoder (codec-video-prep): each candidate's canvas-size RGB and per-block bit
+    counts together, as the release's own default backend reads them (it skips the deblocking filter, so these pixels
+    are the release's, not a fully filtered decode). Returns (frames, bit maps, frames decoded, problem): `problem`
+    says why the pass cannot be trusted (its frame numbering disagrees with our index), else None."""
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(f"{name}: score_source='bitcost' reads a file path (the patched decoder opens it itself).")
+    grid = config.bitcost_grid
     if grid == "adaptive":
-        grid = "ctu" if codec in ("hevc", "vp9") else "mb"
+        grid = "ctu" if index.codec in ("hevc", "vp9") else "mb"
     key = {"mb": "mb_bit_cost", "sub": "sub_mb_bit_cost", "ctu": "ctu_bit_cost"}[grid]
+    rotation, _, coded_canvas, _ = geometry
+    # Our keyframes up to the last candidate ride along (the reader decodes from the start anyway): the reader numbers
+    # frames itself, and its keyframes must land where ours do for its pictures and bits to be the candidates'.
+    last = max(candidate_ids)
+    keyframes = [int(i) for i in np.flatnonzero(index.keyframe) if i <= last]
+    wanted = sorted(set(candidate_ids) | set(keyframes))
     try:
-        items = bitcost_reader()(os.fspath(source), list(candidate_ids), export_bitcost=1, thread_type="slice")
+        items = bitcost_reader()(
+            os.fspath(source),
+            wanted,
+            export_bitcost=1,
+            thread_type="slice",
+            export_pixels=1,
+            out_w=coded_canvas[1],
+            out_h=coded_canvas[0],
+        )
     except (OSError, RuntimeError, ValueError) as error:
         raise ValueError(f"Bit-cost reading failed for {name}: {error}") from error
-    maps = {}
-    for item in items:
+    by_id = {int(item["frame_idx"]): item for item in items}
+    misplaced = [k for k in keyframes if k in by_id and by_id[k].get("pict_type") != "I"]
+    if misplaced:
+        problem = (
+            f"{name}: the released bit-cost reader numbers frames differently from the stream index (our keyframe "
+            f"{misplaced[0]} is its {by_id[misplaced[0]].get('pict_type')!r} frame)"
+        )
+        return {}, {}, 0, problem
+    candidates = set(candidate_ids)
+    frames, maps = {}, {}
+    for frame_id, item in by_id.items():
+        if frame_id not in candidates:
+            continue
+        pixels = item.get("pixels")
+        if pixels is not None and pixels.shape[:2] == tuple(coded_canvas):
+            frames[frame_id] = upright(np.ascontiguousarray(pixels[..., ::-1]), rotation)  # BGR -> RGB
         bitcost = item.get("bitcost") or {}
         if key in bitcost:
-            maps[int(item["frame_idx"])] = np.asarray(bitcost[key], dtype=np.float64)
-    return maps
+            maps[frame_id] = np.asarray(bitcost[key], dtype=np.float64)
+    return frames, maps, last + 1, None
+
+
+def first_frame_geometry(container, index, config: CodecSamplingConfig, name: str):
+    """Canvas geometry from the stream's first frame (one decoded frame: rotation lives on frames)."""
+    _, frame = next(iter_frames(container, index, [0], name))
+    return frame_geometry(frame, config)
 
 
 # -- entry point ----------------------------------------------------------------------------------------------------
@@ -710,6 +748,7 @@ def sample_codec_video(
     source, config: CodecSamplingConfig | None = None, keep_candidates: bool = False
 ) -> CodecSample:
     """Run the codec-aligned selection on one video (a path, bytes or a binary file object)."""
+    requested = (config or CodecSamplingConfig()).score_source
     config = resolve_score_source(config or CodecSamplingConfig(), source)
     deadline = time.monotonic() + config.timeout
     path = None if keep_candidates else cache_path(source, config)
@@ -727,28 +766,44 @@ def sample_codec_video(
                 warnings.append("all frames are keyframes (intra-only stream); candidates kept where they were")
             else:
                 candidate_ids = move_off_keyframes(candidate_ids, index.keyframe)
-        progress = None
-        show = config.progress if config.progress is not None else index.duration > 300
-        if show:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=len(candidate_ids), desc=f"codec sampling {name}", unit="frame", leave=False)
-        try:
-            frames, cell_maps, canvas_hw, stats = decode_candidates(
-                container, index, candidate_ids, config, name, progress, deadline
+        frames, cell_maps, canvas_hw, stats = {}, {}, None, DecodeStats()
+        if config.score_source == "bitcost":
+            check_deadline(deadline, config, name, "before reading bit-costs")
+            geometry = first_frame_geometry(container, index, config, name)
+            frames, cell_maps, stats.frames_decoded, problem = released_reader_pass(
+                source, index, candidate_ids, config, geometry, name
             )
-        finally:
-            if progress is not None:
-                progress.close()
+            canvas_hw = geometry[1]
+            if problem and requested == "bitcost":
+                raise ValueError(f"{problem}; score_source='auto' would fall back to framediff.")
+            if problem:
+                warnings.append(f"{problem}; scored with framediff instead")
+                config = replace(config, score_source="framediff")
+        undecoded = [i for i in candidate_ids if i not in frames]
+        if undecoded:
+            progress = None
+            show = config.progress if config.progress is not None else index.duration > 300
+            if show:
+                from tqdm.auto import tqdm
+
+                progress = tqdm(total=len(undecoded), desc=f"codec sampling {name}", unit="frame", leave=False)
+            try:
+                decoded, decoded_maps, canvas_hw, decode_stats = decode_candidates(
+                    container, index, undecoded, config, name, progress, deadline
+                )
+            finally:
+                if progress is not None:
+                    progress.close()
+            frames.update(decoded)
+            cell_maps.update(decoded_maps)
+            stats.frames_decoded += decode_stats.frames_decoded
+            stats.seeks += decode_stats.seeks
     finally:
         container.close()
-    if config.score_source == "bitcost":
-        check_deadline(deadline, config, name, "before reading bit-costs")
-        cell_maps = bitcost_cell_maps(source, sorted(frames), index.codec, config.bitcost_grid, name)
-        missing = [frame_id for frame_id in frames if frame_id not in cell_maps]
-        if missing:
-            # Never borrow another frame's scores: these frames can anchor a group but offer no collage blocks.
-            warnings.append(f"no bit-cost for {len(missing)} candidate frames; they contribute no collage blocks")
+    missing = [i for i in candidate_ids if i not in cell_maps]
+    if config.score_source == "bitcost" and missing:
+        # Never borrow another frame's scores: these frames can anchor a group but offer no collage blocks.
+        warnings.append(f"no bit-cost for {len(missing)} candidate frames; they contribute no collage blocks")
     sample = select_and_pack(frames, cell_maps, canvas_hw, index, config, warnings, stats, name, keep_candidates)
     if path is not None:
         store_cached(path, sample)

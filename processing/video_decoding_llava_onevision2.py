@@ -319,7 +319,8 @@ def iter_frames(container, index: VideoStreamIndex, wanted: list[int], name: str
     """
     stats = stats if stats is not None else DecodeStats()
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
+    if not stream.codec_context.is_open:  # fixed once the decoder has run (a second pass over the same container)
+        stream.thread_type = "AUTO"
     keyframes = np.flatnonzero(index.keyframe)
     frames, next_position, forward = None, 0, False  # the running decoder's (position, frame) pairs
     for target in wanted:
