@@ -235,7 +235,8 @@ def uniform_candidate_ids(timestamps: np.ndarray, count: int) -> list[int]:
 
 def move_off_keyframes(ids: list[int], keyframe: np.ndarray) -> list[int]:
     """Replace keyframe candidates by the nearest non-keyframe within 4 frames (+d before -d), then refill to the
-    original count with the unused non-keyframes nearest to the kept ids (ties: nearer the middle, then smaller)."""
+    original count with the unused non-keyframes nearest to the kept ids (ties: nearer frame `total // 2`, then
+    smaller), and if those run out, with the unused keyframes in frame order."""
     total = len(keyframe)
     moved = []
     for frame_id in ids:
@@ -259,8 +260,14 @@ def move_off_keyframes(ids: list[int], keyframe: np.ndarray) -> list[int]:
                 distance = np.abs(spare - kept_array[0])
             else:
                 distance = np.minimum(np.abs(spare - kept_array[slot - 1]), np.abs(spare - kept_array[slot]))
-            order = np.lexsort((spare, np.abs(spare - (total - 1) / 2), distance))
+            order = np.lexsort((spare, np.abs(spare - total // 2), distance))
             kept = sorted(kept + spare[order[:missing]].tolist())
+    missing = len(ids) - len(kept)
+    if missing > 0:
+        # Too few non-keyframes (a clip shorter than the candidate count): as released, the count is kept by taking
+        # keyframes back in frame order. The count matters beyond these frames: it sets the readiness windows.
+        unused = np.setdiff1d(np.arange(total), np.asarray(kept, dtype=int))
+        kept = sorted(kept + unused[:missing].tolist())
     return kept
 
 
@@ -356,18 +363,29 @@ def spatial_activity(luma: np.ndarray) -> np.ndarray:
 
 
 def score_map(bits: np.ndarray, canvas_hw: tuple[int, int], percentile: float) -> np.ndarray:
-    """Per-block bits (released or modeled) -> the release's per-frame transform -> a [0, 1] map at canvas size."""
-    logged = np.log1p(np.maximum(bits, 0))
+    """Per-block bits (released or modeled) -> the release's per-frame transform -> a [0, 1] map at canvas size.
+
+    Computed as released, in float32 with nearest-neighbour source indices floor(i * (1 / (out / in))) in double
+    precision (OpenCV's INTER_NEAREST), so that grouping thresholds, which compare sums of these maps, cross at the
+    same frames as the release's."""
+    logged = np.log1p(np.maximum(np.asarray(bits, dtype=np.float32), 0))
     scale = max(float(np.percentile(logged, percentile)), 1e-6)
-    normalised = np.clip(logged / scale, 0.0, 1.0)
-    rows = np.minimum((np.arange(canvas_hw[0]) * normalised.shape[0]) // canvas_hw[0], normalised.shape[0] - 1)
-    cols = np.minimum((np.arange(canvas_hw[1]) * normalised.shape[1]) // canvas_hw[1], normalised.shape[1] - 1)
+    normalised = np.clip(logged / np.float32(scale), 0.0, 1.0).astype(np.float32)
+    rows = nearest_source_indices(canvas_hw[0], normalised.shape[0])
+    cols = nearest_source_indices(canvas_hw[1], normalised.shape[1])
     return normalised[rows][:, cols]
 
 
-def block_scores(scores: np.ndarray, block_pixels: int) -> np.ndarray:
-    """Sum of the map over each merge block (merge x merge patches) -> `[Hb * Wb]` in block-raster order."""
-    return cell_sums(scores, block_pixels).reshape(-1)
+def nearest_source_indices(out_size: int, in_size: int) -> np.ndarray:
+    step = 1.0 / (out_size / in_size)
+    return np.minimum(np.floor(np.arange(out_size) * step).astype(np.int64), in_size - 1)
+
+
+def block_scores(scores: np.ndarray, patch: int, merge: int) -> np.ndarray:
+    """Sum of the map over each patch, then over merge x merge patches (float32, in the release's order) ->
+    `[Hb * Wb]` in block-raster order."""
+    patches = cell_sums(scores, patch).astype(np.float32)
+    return cell_sums(patches, merge).astype(np.float32).reshape(-1)
 
 
 def is_bad_frame(rgb: np.ndarray) -> bool:
@@ -403,9 +421,16 @@ def readiness(block_matrix: np.ndarray, start: int, end: int, budget: int, bins:
     chosen = np.argpartition(-flat, take - 1)[:take] if take < flat.size else np.arange(flat.size)
     total = float(flat[chosen].sum())
     frames = np.unique(chosen // candidates.shape[1]) + 1  # relative positions 1..len-1
-    span = end - start - 1
-    covered = len(np.unique(np.minimum(((frames - 1) * bins) // span, bins - 1)))
-    return total, covered
+    return total, len(set(time_bins(frames, end - start, bins)))
+
+
+def time_bins(positions: np.ndarray, length: int, bins: int) -> list[int]:
+    """The coverage bin of each relative position 1..length-1, as released: bin edges are linspace(1, length,
+    bins + 1) truncated to integers, each bin [edge, next edge) (widened to one frame when empty), the first bin that
+    holds a position wins."""
+    edges = np.linspace(1, max(2, length), bins + 1).astype(np.int32)
+    spans = [(int(edges[b]), max(int(edges[b + 1]), int(edges[b]) + 1)) for b in range(bins)]
+    return [next((b for b, (low, high) in enumerate(spans) if low <= p < high), -1) for p in positions.tolist()]
 
 
 def readiness_threshold(block_matrix: np.ndarray, config: CodecSamplingConfig, budget: int) -> float:
@@ -437,7 +462,8 @@ def readiness_groups(block_matrix: np.ndarray, config: CodecSamplingConfig, budg
             total, covered = readiness(block_matrix, start, candidate_end, budget, config.coverage_bins)
             ready = total >= threshold and covered >= required_coverage
             if ready:
-                if previous is not None and last_ready is not None and total < previous * (1 + config.delta_ratio):
+                # as released, the gain is measured against the previous end whether or not that one was ready
+                if previous is not None and total < previous * (1 + config.delta_ratio):
                     end, reason = candidate_end, "low_gain"
                     break
                 last_ready = candidate_end
@@ -825,9 +851,9 @@ def select_and_pack(
         cell_maps = {i: modeled_macroblock_bits(released_macroblock_layout(m), bits[i]) for i, m in cell_maps.items()}
     block_matrix = np.stack(
         [
-            block_scores(score_map(cell_maps[i], canvas_hw, config.score_percentile), block_px)
+            block_scores(score_map(cell_maps[i], canvas_hw, config.score_percentile), config.patch, config.merge)
             if i in cell_maps
-            else np.zeros(blocks_per_canvas)
+            else np.zeros(blocks_per_canvas, dtype=np.float32)
             for i in candidate_ids
         ]
     )

