@@ -388,18 +388,29 @@ def block_scores(scores: np.ndarray, patch: int, merge: int) -> np.ndarray:
     return cell_sums(patches, merge).astype(np.float32).reshape(-1)
 
 
-def is_bad_frame(rgb: np.ndarray) -> bool:
-    """Black, flat or green-corrupted frames never anchor and offer no blocks."""
-    luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    if luma.mean() <= 8 and luma.std() <= 6:
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def is_bad_frame(picture: np.ndarray, bgr: bool = False) -> bool:
+    """Black, flat or green-corrupted frames never anchor and offer no blocks (the release's tests, computed lazily:
+    the per-channel statistics only for frames whose luma is already flat). `bgr`: channels in BGR order."""
+    luma = picture.astype(np.float32) @ (LUMA_WEIGHTS[::-1] if bgr else LUMA_WEIGHTS)
+    luma_mean, luma_std = float(luma.mean()), float(luma.std())
+    if luma_mean <= 8 and luma_std <= 6:
         return True
-    channels = rgb.reshape(-1, 3).astype(np.float32)
-    if luma.std() <= 4 and (channels.std(axis=0) <= 4).all() and (np.ptp(channels, axis=0) <= 12).all():
-        return True
-    red, green, blue = channels[:, 0], channels[:, 1], channels[:, 2]
-    greenish = ((green >= 180) & (red <= 90) & (blue <= 90)).mean() >= 0.35
-    green_cast = green.mean() > 120 and green.mean() - max(red.mean(), blue.mean()) > 80 and green.std() < 50
-    return bool(greenish or green_cast)
+    if luma_std <= 4:
+        channels = picture.reshape(-1, 3).astype(np.float32)
+        if (channels.std(axis=0) <= 4).all() and (np.ptp(channels, axis=0) <= 12).all():
+            return True
+    red, green, blue = (picture[..., 2], picture[..., 1], picture[..., 0]) if bgr else np.moveaxis(picture, -1, 0)
+    bright_green = green >= 180
+    if bright_green.mean() >= 0.35 and (bright_green & (red <= 90) & (blue <= 90)).mean() >= 0.35:
+        return True  # decoder-green blocks over a third of the frame
+    green_mean = float(green.mean())
+    # a green cast: each condition only evaluated when the cheaper ones before it hold
+    return (
+        green_mean > 120 and green_mean - max(float(red.mean()), float(blue.mean())) > 80 and float(green.std()) < 50
+    )
 
 
 # -- 4. grouping ----------------------------------------------------------------------------------------------------
@@ -673,7 +684,7 @@ def released_reader_pass(source, index, candidate_ids: list[int], config: CodecS
             continue
         pixels = item.get("pixels")
         if pixels is not None and pixels.shape[:2] == tuple(coded_canvas):
-            frames[frame_id] = upright(np.ascontiguousarray(pixels[..., ::-1]), rotation)  # BGR -> RGB
+            frames[frame_id] = upright(pixels, rotation)  # kept BGR: only the packed canvases are turned to RGB
         bitcost = item.get("bitcost") or {}
         if key in bitcost:
             maps[frame_id] = np.asarray(bitcost[key], dtype=np.float64)
@@ -820,6 +831,8 @@ def sample_codec_video(
             finally:
                 if progress is not None:
                     progress.close()
+            if config.score_source == "bitcost":  # the reader's pictures are BGR; these few join them
+                decoded = {i: np.ascontiguousarray(frame[..., ::-1]) for i, frame in decoded.items()}
             frames.update(decoded)
             cell_maps.update(decoded_maps)
             stats.frames_decoded += decode_stats.frames_decoded
@@ -830,17 +843,29 @@ def sample_codec_video(
     if config.score_source == "bitcost" and missing:
         # Never borrow another frame's scores: these frames can anchor a group but offer no collage blocks.
         warnings.append(f"no bit-cost for {len(missing)} candidate frames; they contribute no collage blocks")
-    sample = select_and_pack(frames, cell_maps, canvas_hw, index, config, warnings, stats, name, keep_candidates)
+    bgr = config.score_source == "bitcost"
+    sample = select_and_pack(frames, cell_maps, canvas_hw, index, config, warnings, stats, name, keep_candidates, bgr)
     if path is not None:
         store_cached(path, sample)
     return sample
 
 
+def stack_frames(frames: dict, frame_ids: list[int]) -> np.ndarray:
+    """One array of the frames, emptying `frames` as it goes: each frame is held once, never twice, at the peak."""
+    first = frames[frame_ids[0]]
+    stack = np.empty((len(frame_ids), *first.shape), dtype=first.dtype)
+    for slot, frame_id in enumerate(frame_ids):
+        stack[slot] = frames.pop(frame_id)
+    return stack
+
+
 def select_and_pack(
-    frames, cell_maps, canvas_hw, index, config, warnings, stats, name, keep_candidates
+    frames, cell_maps, canvas_hw, index, config, warnings, stats, name, keep_candidates, bgr=False
 ) -> CodecSample:
+    """Scores -> groups -> selection -> canvases. `bgr`: the frames hold BGR pictures (the released reader's);
+    only what is returned is turned to RGB, which spares a strided copy of every candidate."""
     candidate_ids = sorted(frames)
-    frame_stack = np.stack([frames[i] for i in candidate_ids])
+    frame_stack = stack_frames(frames, candidate_ids)
     block_px = config.patch * config.merge
     blocks_hw = (canvas_hw[0] // block_px, canvas_hw[1] // block_px)
     blocks_per_canvas = blocks_hw[0] * blocks_hw[1]
@@ -857,7 +882,7 @@ def select_and_pack(
             for i in candidate_ids
         ]
     )
-    bad = np.array([is_bad_frame(frame) for frame in frame_stack])
+    bad = np.array([is_bad_frame(frame, bgr) for frame in frame_stack])
     budget = (config.images_per_group - 1) * blocks_per_canvas
     canvases, positions, groups, selections = [], [], [], []
     for start, end, reason in readiness_groups(block_matrix, config, budget):
@@ -899,14 +924,14 @@ def select_and_pack(
         "cache": "miss" if config.cache_root else "off",
     }
     return CodecSample(
-        canvases=np.concatenate(canvases),
+        canvases=np.ascontiguousarray(np.concatenate(canvases)[..., ::-1]) if bgr else np.concatenate(canvases),
         positions=np.concatenate(positions),
         fps=index.fps,
         candidate_ids=candidate_ids,
         candidate_times=[round(float(index.timestamps[i]), 6) for i in candidate_ids],
         groups=groups,
         report=report,
-        candidate_frames=frame_stack if keep_candidates else None,
+        candidate_frames=(frame_stack[..., ::-1] if bgr else frame_stack) if keep_candidates else None,
         selected=selections if keep_candidates else None,
     )
 

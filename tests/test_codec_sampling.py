@@ -16,6 +16,7 @@ from llava_onevision2.modeling import LlavaOnevision2ForConditionalGeneration
 from llava_onevision2.processing.codec_sampling_llava_onevision2 import (
     CodecSamplingConfig,
     canvas_size,
+    is_bad_frame,
     modeled_macroblock_bits,
     move_off_keyframes,
     readiness_groups,
@@ -191,6 +192,22 @@ def test_readiness_groups_respect_bounds():
         if following:
             assert following[0] == end
     assert 100 - groups[-1][1] < max(4, config.min_group_frames)
+
+
+def test_bad_frames_are_black_flat_or_green_corrupted():
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, size=(56, 84, 3), dtype=np.uint8)
+    black = np.full((56, 84, 3), 5, dtype=np.uint8)
+    flat = np.full((56, 84, 3), 128, dtype=np.uint8) + rng.integers(0, 3, size=(56, 84, 3), dtype=np.uint8)
+    corrupt = picture.copy()
+    corrupt[:30] = (40, 220, 40)  # 54% of pixels decoder-green
+    cast = np.stack(
+        [rng.integers(20, 40, (56, 84)), rng.integers(200, 230, (56, 84)), rng.integers(20, 40, (56, 84))], -1
+    )
+    assert [is_bad_frame(f) for f in (black, flat, corrupt, cast.astype(np.uint8))] == [True] * 4
+    leafy = picture.copy()
+    leafy[..., 1] = np.maximum(leafy[..., 1], 150)  # bright green, but neither pure nor a cast
+    assert not is_bad_frame(picture) and not is_bad_frame(leafy)
 
 
 def test_readiness_coverage_bins_and_candidate_count_follow_the_release():
