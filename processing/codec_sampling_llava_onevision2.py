@@ -6,7 +6,7 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
 
 1. candidates: `(target_canvas / images_per_group) * group_size` frames at evenly spaced presentation times (for
    constant frame rate exactly the release's index truncation), optionally moved off keyframes (+-1..4 frames,
-   then refilled with the nearest unused non-keyframes);
+   then refilled with the nearest unused non-keyframes, and with keyframes when those run out, as released);
 2. geometry: one canvas size for all frames, sides multiples of patch x merge, area about `max_pixels`;
 3. score maps: the released per-macroblock bit-cost where it can be read (`score_source="auto"`, the default:
    codec-video-prep installed, a file path, H.264/HEVC; `"bitcost"` insists on it); otherwise (`"framediff"`), per
@@ -18,8 +18,8 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    frame's 99th percentile, clipped to [0, 1] and resized to the canvas. A frame without a decoded predecessor uses
    its spatial activity instead;
 4. readiness grouping: a group grows from min to max frames until its top-B block sum reaches the video's mean
-   fixed-window sum with the selected blocks spread over `coverage_bins` thirds, and stops once an extra frame adds
-   less than `delta_ratio`;
+   fixed-window sum with the selected blocks spread over `coverage_bins` bins, and stops at the first ready end
+   that adds less than `delta_ratio` over the end before it;
 5. selection: the group's first good frame is the anchor canvas; the other `images_per_group - 1` canvases take the
    group's top-B blocks of the remaining frames (ties broken by frame, then block index), but only as many canvases
    as the blocks that scored at all need -- a still stretch spends no collage tokens;
@@ -28,7 +28,8 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    in block layout. Canvases are always whole; nothing is zero-filled.
 
 Decoding is one pass over the needed frames (candidates and their predecessors), seeking by GOP when that skips
-work; only candidate frames are converted to RGB, at canvas size. Results are cached on disk under `cache_root`
+work; only candidate frames are converted to RGB, at canvas size. With the released bit-cost, the released reader's
+single pass returns both the bits and the canvas-size pictures. Results are cached on disk under `cache_root`
 (the released default location unless set; `None` turns it off) with a key made of the file's content hash and every
 setting. PyAV is loaded on first use, so importing this module costs nothing for image-only users.
 """
