@@ -13,7 +13,7 @@ Each timed method runs in its own fresh child process (its own peak RSS, its own
 - `uniform`: as many uniformly spaced frames as the codec path's tokens buy at the same canvas size, decoded by our
   frames reader and resized to the canvas;
 - `cv-preinfer` (the released tool, from the `codec-video-prep` package) on the same file and settings, when it
-  is on PATH (it also needs `ffmpeg`/`ffprobe` there).
+  is on PATH (it also needs `ffprobe` there: `--ffprobe-standin` provides a PyAV-based one).
 Coverage: frames with at least one token, and seconds (whole seconds of the video) with at least one token.
 
 Agreement (when codec-video-prep is importable): the collage blocks (frame, row, column) that our stock-PyAV fallback
@@ -246,6 +246,16 @@ def measure(path: str, binary: str | None) -> dict:
     return report
 
 
+def use_ffprobe_standin() -> None:
+    """An `ffprobe` on PATH (for this process and its children) that runs bench/ffprobe_standin.py."""
+    folder = tempfile.mkdtemp(prefix="ffprobe-standin-")
+    wrapper = Path(folder) / "ffprobe"
+    standin = Path(__file__).resolve().parent / "ffprobe_standin.py"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{standin}" "$@"\n')
+    wrapper.chmod(0o755)
+    os.environ["PATH"] = folder + os.pathsep + os.environ.get("PATH", "")
+
+
 def mean_of(report: dict, key_part: str) -> float | None:
     values = [v for clip in report.values() if isinstance(clip, dict) for k, v in clip.items() if key_part in k]
     return round(float(np.mean(values)), 3) if values else None
@@ -259,6 +269,11 @@ def main(argv=None) -> int:
     parser.add_argument("--reencode", action="store_true", help="with --real or --path: re-encoding reference IoUs")
     parser.add_argument("--output", default=None)
     parser.add_argument("--cv-preinfer", default=shutil.which("cv-preinfer"), help="path of the released tool")
+    parser.add_argument(
+        "--ffprobe-standin",
+        action="store_true",
+        help="put bench/ffprobe_standin.py on PATH as ffprobe for cv-preinfer",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--extra", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -268,6 +283,9 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import emit_report
+
+    if args.ffprobe_standin:
+        use_ffprobe_standin()
 
     if args.real:
         report = {
