@@ -55,6 +55,7 @@ from .video_decoding_llava_onevision2 import (
     iter_frames,
     load_av,
     open_video,
+    upright,
 )
 
 CACHE_FORMAT_VERSION = 1
@@ -323,7 +324,8 @@ def released_macroblock_layout(cells: np.ndarray) -> np.ndarray:
     """Sum 4x4-pixel cells into 16x16 macroblocks laid out like the released H.264 bit-cost grid: partial macroblocks
     at the bottom and right edges count, and an always-empty column follows the last one (FFmpeg's macroblock stride
     is one wider than the picture). The release stretches that spare column into its score map; reproducing it moves
-    our map's registration the same ~1/width and raised block agreement on small frames (176x144: 0.31 -> 0.48)."""
+    our map's registration the same ~1/width and raised block agreement on small frames (176x144, fixed groups of 32
+    candidates: 0.31 -> 0.48)."""
     rows, cols = (-(-size // MACROBLOCK_CELLS) for size in cells.shape)
     padded = np.zeros((rows * MACROBLOCK_CELLS, cols * MACROBLOCK_CELLS), dtype=np.float64)
     padded[: cells.shape[0], : cells.shape[1]] = cells
@@ -339,7 +341,7 @@ def modeled_macroblock_bits(residual: np.ndarray, frame_bits: float) -> np.ndarr
     costs 0 below a threshold and `SKIP_BASE_BITS + BITS_PER_DOUBLING * log2(residual / threshold)` above it, with
     the threshold chosen (bisection on log2) so the frame's total equals its packet bits: a frame the encoder
     coded cheaply skips most macroblocks, an expensive one codes most. Without packet bits the residual is returned
-    unchanged. On real clips this raised block agreement with the released bit-cost from 0.28 to 0.37 (README).
+    unchanged. On three real clips this raised block agreement with the released bit-cost from 0.26 to 0.36 (README).
     """
     if not frame_bits > 0:
         return residual
@@ -555,11 +557,6 @@ def pack_group(
 # -- decode pass ----------------------------------------------------------------------------------------------------
 
 
-def upright(array: np.ndarray, rotation: int) -> np.ndarray:
-    turns = (int(round(rotation / 90)) % 4) if rotation else 0
-    return np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array
-
-
 def check_deadline(deadline: float, config: CodecSamplingConfig, name: str, stage: str) -> None:
     if time.monotonic() > deadline:
         raise TimeoutError(
@@ -688,7 +685,8 @@ def released_reader_pass(source, index, candidate_ids: list[int], config: CodecS
             frames[frame_id] = upright(pixels, rotation)  # kept BGR: only the packed canvases are turned to RGB
         bitcost = item.get("bitcost") or {}
         if key in bitcost:
-            maps[frame_id] = np.asarray(bitcost[key], dtype=np.float64)
+            # the decoder's grid is in coded orientation; turned like the pictures, so each block scores its own pixels
+            maps[frame_id] = upright(np.asarray(bitcost[key], dtype=np.float64), rotation)
     return frames, maps, last + 1, None
 
 

@@ -295,8 +295,12 @@ def frame_to_rgb(frame, reformatter=None) -> np.ndarray:
     converted = (
         reformatter.reformat(frame, format="rgb24") if reformatter is not None else frame.reformat(format="rgb24")
     )
-    array = converted.to_ndarray()
-    quarter_turns = (int(round(frame.rotation / 90)) % 4) if frame.rotation else 0
+    return upright(converted.to_ndarray(), frame.rotation)
+
+
+def upright(array: np.ndarray, rotation: float | None) -> np.ndarray:
+    """`array` (rows, columns, ...) as displayed: turned by the frame's rotation (degrees counter-clockwise)."""
+    quarter_turns = (int(round(rotation / 90)) % 4) if rotation else 0
     return np.ascontiguousarray(np.rot90(array, k=quarter_turns)) if quarter_turns else array
 
 

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from synthetic_media import encode_moving_box, encode_video
+from synthetic_media import encode_moving_box, encode_video, rotate_mp4
 
 from conftest import tiny_config, tiny_tokenizer
 from llava_onevision2.modeling import LlavaOnevision2ForConditionalGeneration
@@ -448,6 +448,25 @@ def test_bitcost_reads_pixels_and_bits_in_one_pass(moving, tmp_path, monkeypatch
     # the first anchor is a whole frame: the reader's picture is the one PyAV decodes, up to colour-conversion rounding
     assert bitcost.groups[0]["anchor_frame"] == framediff.groups[0]["anchor_frame"]
     assert np.abs(bitcost.canvases[0].astype(int) - framediff.canvases[0].astype(int)).mean() < 3.0
+
+
+def test_bitcost_maps_turn_with_the_pictures_of_a_rotated_video(moving, tmp_path, monkeypatch):
+    """Phone footage is often stored landscape with a rotation flag. The reader's bit grid is in coded orientation
+    (the fake one busiest on the coded right half); after turning, that half is the top or bottom of the upright
+    canvas, so every collage block must come from one half of the rows, any column."""
+    from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
+
+    path = tmp_path / "portrait.mp4"
+    path.write_bytes(rotate_mp4(moving[0], 90))
+    monkeypatch.setattr(codec, "bitcost_reader", lambda: fake_bitcost_reader([]))
+    sample = sample_codec_video(str(path), SMALL, keep_candidates=True)
+    canvas_h, canvas_w = sample.canvases.shape[1:3]
+    assert sample.report["score_source"] == "bitcost" and canvas_h > canvas_w  # upright portrait
+    rows = {h for group in sample.selected for _, h, _ in group}
+    columns = {w for group in sample.selected for _, _, w in group}
+    half = canvas_h // 28 / 2
+    assert all(h < half for h in rows) or all(h >= half for h in rows), rows
+    assert len(columns) == canvas_w // 28  # every column: the busy half spans the full width
 
 
 def test_a_reader_that_numbers_frames_differently_is_not_trusted(moving, tmp_path, monkeypatch):
