@@ -8,25 +8,6 @@ import torch
 
 from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
 
-# A tiny model for CPU smoke runs of the benchmarks (random weights; shapes only).
-TINY_CONFIG = {
-    "vision_config": dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, out_hidden_size=128
-    ),
-    "text_config": dict(
-        model_type="qwen3",
-        vocab_size=2048,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-    ),
-    "image_token_id": 5,
-    "video_token_id": 6,
-}
-
 
 def emit_report(report: dict, output: str | None) -> None:
     """Print the JSON report and, when asked, write it to `output`."""
@@ -38,7 +19,7 @@ def emit_report(report: dict, output: str | None) -> None:
 
 def build_bench_model(preset: str, device: str, dtype: str | None, attn: str):
     """Random weights at a preset's shapes ("tiny" for CPU runs), bf16 on CUDA and fp32 on CPU unless `dtype`."""
-    config = LlavaOnevision2Config(**TINY_CONFIG) if preset == "tiny" else LlavaOnevision2Config.from_preset(preset)
+    config = LlavaOnevision2Config.from_preset(preset)
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     torch.manual_seed(0)
     with torch.device(device):

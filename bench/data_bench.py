@@ -80,24 +80,22 @@ def write_image_parquet(folder: Path, count: int) -> Path:
 
 
 def write_videos(folder: Path, count: int) -> Path:
-    import av
     import numpy as np
+
+    from llava_onevision2.training.synthetic_video import encode_frames
 
     (folder / "videos").mkdir(parents=True)
     records = []
     for index in range(count):
         name = f"clip_{index:03d}.mp4"
-        with av.open(str(folder / "videos" / name), mode="w") as container:
-            stream = container.add_stream("libx264", rate=24)
-            stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-            stream.options = {"g": "24"}
+
+        def frames(index=index):
             for t in range(8 * 24):
                 frame = np.full((240, 320, 3), (index * 17 + t) % 255, dtype=np.uint8)
                 frame[100:140, (t * 2) % 280 : (t * 2) % 280 + 40] = 255
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+                yield frame
+
+        encode_frames(frames(), folder / "videos" / name, rate=24, keyframe_interval=24)
         turns = [{"from": "human", "value": "<video>\nDescribe the clip."}, {"from": "gpt", "value": "A bar moves."}]
         records.append(json.dumps({"video": name, "conversations": turns}))
     path = folder / "videos.jsonl"
@@ -112,10 +110,13 @@ def toy_recipe(sources: list[dict], processor: Path, output: Path):
     return load_recipe(
         str(REPO / "training" / "configs" / "toy" / "stage0_alignment.yaml"),
         [
-            f"model.processor={processor}",
-            "trainable=[vision, merger, llm]",
-            f"data.sources={json.dumps(sources)}",
-            f"training.output_dir={output}",
+            f"--processor={processor}",
+            "--trainable",
+            "vision",
+            "merger",
+            "llm",
+            f"--sources={json.dumps(sources)}",
+            f"--output_dir={output}",
         ],
     )
 
@@ -192,13 +193,13 @@ def main() -> None:
         for name, entries in sources.items():
             recipe = toy_recipe(entries, root / "processor", root / "out")
             processor = load_processor(recipe)
-            data = recipe.data
+            vision = recipe.vision
             stream = TrainingStream(
                 resolve_sources(recipe),
                 processor,
-                data.max_length,
-                budget_ladder(data.max_pixels, data.max_frames, data.video_max_pixels),
-                data.video_backend,
+                recipe.sft.max_length,
+                budget_ladder(vision.max_pixels, vision.max_frames, vision.video_max_pixels),
+                vision.processor_kwargs,
             )
             collator = MultimodalCollator(processor.tokenizer.pad_token_id)
             rates = {w: samples_per_second(stream, collator, w, args.batch_size, args.batches) for w in args.workers}

@@ -20,8 +20,9 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
+
+from llava_onevision2.training.synthetic_video import encode_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit_report  # noqa: E402
@@ -34,10 +35,8 @@ def encode_test_video(path: Path, minutes: float, width: int, height: int, rate:
     frames = int(minutes * 60 * rate)
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "28"}
+
+    def images():
         for index in range(frames):
             shift = index * 2
             base = ((x + shift) % 256 * 0.5 + (y + shift) % 256 * 0.5).astype(np.uint8)
@@ -45,10 +44,9 @@ def encode_test_video(path: Path, minutes: float, width: int, height: int, rate:
             top = (index * 7) % (height - 80)
             left = (index * 11) % (width - 80)
             image[top : top + 80, left : left + 80] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            yield image
+
+    encode_frames(images(), path, rate=rate, options={"preset": "ultrafast", "crf": "28"})
 
 
 def run_method(method: str, path: str, fps: float, max_frames: int) -> dict:

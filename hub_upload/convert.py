@@ -33,7 +33,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
-from ..modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
+from ..modeling import MODEL_AUTO_MAP, LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
 from ..processing.codec_sampling_llava_onevision2 import CodecSamplingConfig
 from ..processing.image_processing_llava_onevision2 import (
     LlavaOnevision2ImageProcessor,
@@ -48,8 +48,8 @@ from ..processing.video_processing_llava_onevision2 import (
     LlavaOnevision2VideoProcessor,
     LlavaOnevision2VideosKwargs,
 )
+from .export import copy_remote_code
 
-CODE_DIRS = (Path(__file__).resolve().parents[1] / "modeling", Path(__file__).resolve().parents[1] / "processing")
 WEIGHT_PATTERN = re.compile(r".*\.safetensors(\.index\.json)?$")
 # Keys of processor configs that describe the file rather than a setting.
 PROCESSOR_METADATA_KEYS = {"image_processor_type", "video_processor_type", "processor_class", "auto_map", "codec"}
@@ -170,19 +170,9 @@ def layout_problems(stored: dict, expected: dict) -> list[str]:
     return problems
 
 
-def copy_remote_code(output: str) -> None:
-    for folder in CODE_DIRS:
-        for file in folder.glob("*_llava_onevision2.py"):
-            shutil.copy2(file, Path(output) / file.name)
-
-
 def write_config(config: LlavaOnevision2Config, output: str) -> None:
     config.architectures = ["LlavaOnevision2ForConditionalGeneration"]
-    config.auto_map = {
-        "AutoConfig": "configuration_llava_onevision2.LlavaOnevision2Config",
-        "AutoModel": "modeling_llava_onevision2.LlavaOnevision2Model",
-        "AutoModelForImageTextToText": "modeling_llava_onevision2.LlavaOnevision2ForConditionalGeneration",
-    }
+    config.auto_map = dict(MODEL_AUTO_MAP)
     config.save_pretrained(output)
 
 

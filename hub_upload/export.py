@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,20 +20,33 @@ from pathlib import Path
 
 from transformers import AutoProcessor
 
+from .. import modeling as modeling_package
+from .. import processing as processing_package
 from ..modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
 
-REMOTE_CODE = (
-    "configuration_llava_onevision2.py",
-    "modeling_llava_onevision2.py",
-    "vision_geometry_llava_onevision2.py",
-    "processing_llava_onevision2.py",
-    "image_processing_llava_onevision2.py",
-    "video_processing_llava_onevision2.py",
-    "video_decoding_llava_onevision2.py",
-    "vision_layout_llava_onevision2.py",
-    "resize_rule_llava_onevision2.py",
-    "codec_sampling_llava_onevision2.py",
-)
+CODE_DIRS = tuple(Path(package.__file__).parent for package in (modeling_package, processing_package))
+
+
+def remote_code_files() -> list[Path]:
+    """Every file shipped as remote code: the `*_llava_onevision2.py` modules of `modeling/` and `processing/`. An
+    export holds them side by side, so their names must be unique across the two folders."""
+    files = sorted(file for folder in CODE_DIRS for file in folder.glob("*_llava_onevision2.py"))
+    names = [file.name for file in files]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        raise RuntimeError(f"Remote-code files share names across modeling/ and processing/: {clashes}.")
+    return files
+
+
+REMOTE_CODE = tuple(file.name for file in remote_code_files())
+
+
+def copy_remote_code(output: str) -> None:
+    """Put every remote-code file in `output` (`save_pretrained` copies only the modules the saved classes import,
+    which leaves out e.g. the codec visualisation)."""
+    for file in remote_code_files():
+        shutil.copy2(file, Path(output) / file.name)
+
 
 MODEL_CARD = """---
 library_name: transformers
@@ -99,10 +113,7 @@ def load_source(source: str | None, preset: str | None, config_overrides: dict |
         return LlavaOnevision2ForConditionalGeneration.from_pretrained(source)
     if preset is None:
         raise ValueError("Give a checkpoint folder or a preset.")
-    if preset == "custom":
-        config = LlavaOnevision2Config(**(config_overrides or {}))
-    else:
-        config = LlavaOnevision2Config.from_preset(preset, **(config_overrides or {}))
+    config = LlavaOnevision2Config.from_preset(preset, **(config_overrides or {}))
     return LlavaOnevision2ForConditionalGeneration._from_config(config)
 
 
@@ -137,9 +148,7 @@ def export(
         repo=repo_id,
     )
     Path(output, "README.md").write_text(card)
-    missing = [name for name in REMOTE_CODE if not Path(output, name).exists()]
-    if missing:
-        raise RuntimeError(f"Export of {output} lacks remote-code files: {missing}.")
+    copy_remote_code(output)
     report = {"folder": output, "files": sorted(os.listdir(output))}
     if verify:
         report["verification"] = verify_export(output)
@@ -221,4 +230,4 @@ def verify_export(folder: str) -> dict:
     return report
 
 
-__all__ = ["REMOTE_CODE", "export", "verify_export"]
+__all__ = ["REMOTE_CODE", "copy_remote_code", "export", "remote_code_files", "verify_export"]

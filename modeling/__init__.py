@@ -4,7 +4,12 @@ Files here are shipped as remote code next to checkpoints: they import only each
 transformers and torch.
 """
 
-from .configuration_llava_onevision2 import PRESETS, LlavaOnevision2Config, LlavaOnevision2VisionConfig
+from .configuration_llava_onevision2 import (
+    MODEL_AUTO_MAP,
+    PRESETS,
+    LlavaOnevision2Config,
+    LlavaOnevision2VisionConfig,
+)
 from .modeling_llava_onevision2 import (
     LlavaOnevision2ForConditionalGeneration,
     LlavaOnevision2Model,
@@ -13,6 +18,7 @@ from .modeling_llava_onevision2 import (
 )
 
 __all__ = [
+    "MODEL_AUTO_MAP",
     "PRESETS",
     "LlavaOnevision2Config",
     "LlavaOnevision2ForConditionalGeneration",

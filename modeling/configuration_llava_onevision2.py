@@ -193,11 +193,15 @@ class LlavaOnevision2Config(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> LlavaOnevision2Config:
-        """Build the configuration of a named model size (see `PRESETS`), optionally overriding top-level keys."""
-        if name not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}.")
-        values = copy.deepcopy(PRESETS[name])
-        values.update(overrides)
+        """Build the configuration of a named model size (see `PRESETS`; "custom": no preset, the overrides alone).
+        Overrides of `vision_config` / `text_config` merge into the preset's, key by key."""
+        if name != "custom" and name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; available: {', '.join(sorted(PRESETS))} or 'custom'.")
+        values = copy.deepcopy(PRESETS.get(name, {}))
+        for key, value in overrides.items():
+            if key in ("vision_config", "text_config") and isinstance(value, dict):
+                value = {**values.get(key, {}), **value}
+            values[key] = value
         return cls(**values)
 
 
@@ -218,6 +222,38 @@ QWEN3_4B_TEXT = {
 # Named sizes. Text hyper-parameters follow the Qwen3 checkpoint each model was initialised from; RoPE bases are the
 # ones used in training.
 PRESETS: dict[str, dict] = {
+    # Random weights for CPU: the tests, the benchmarks' smoke runs and the toy curriculum (whose model the demo
+    # ships) build on it. Every path is reached: vision head_dim 32 (the smallest the 4:6:6 rotary split allows),
+    # merge 2, GQA in the text model.
+    "tiny": {
+        "vision_config": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "patch_size": 8,
+            "spatial_merge_size": 2,
+            "out_hidden_size": 128,
+            "frame_windows_size": 6,
+        },
+        "text_config": {
+            "model_type": "qwen3",
+            "vocab_size": 512,
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+            "max_position_embeddings": 1024,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+        # Inside the tiny vocabulary (the tests' tokenizer numbers its special tokens this way).
+        "vision_start_token_id": 3,
+        "vision_end_token_id": 4,
+        "image_token_id": 5,
+        "video_token_id": 6,
+    },
     "8b": _preset({}),
     "4b": _preset(QWEN3_4B_TEXT),
     "4b-p16m3": _preset(QWEN3_4B_TEXT, {"patch_size": 16, "spatial_merge_size": 3}),
@@ -250,5 +286,13 @@ PRESETS: dict[str, dict] = {
 }
 
 __all__ = ["LlavaOnevision2Config", "LlavaOnevision2VisionConfig", "PRESETS"]
+
+# What a saved folder's config.json names in `auto_map`, so that AutoConfig / AutoModel / AutoModelForImageTextToText
+# load it with trust_remote_code (module names as they lie flat in the folder).
+MODEL_AUTO_MAP = {
+    "AutoConfig": "configuration_llava_onevision2.LlavaOnevision2Config",
+    "AutoModel": "modeling_llava_onevision2.LlavaOnevision2Model",
+    "AutoModelForImageTextToText": "modeling_llava_onevision2.LlavaOnevision2ForConditionalGeneration",
+}
 
 LlavaOnevision2Config.register_for_auto_class()

@@ -27,7 +27,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import is_flash_attention_requested, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_llava_onevision2 import LlavaOnevision2Config, LlavaOnevision2VisionConfig
+from .configuration_llava_onevision2 import MODEL_AUTO_MAP, LlavaOnevision2Config, LlavaOnevision2VisionConfig
 from .vision_geometry_llava_onevision2 import (
     AttentionWindows,
     apply_vision_rotary,
@@ -663,9 +663,7 @@ class LlavaOnevision2ForConditionalGeneration(LlavaOnevision2PreTrainedModel, Ge
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # A class registers for one auto class only; name the base model too, so AutoModel loads the folder as well.
-        auto_map = dict(getattr(self.config, "auto_map", None) or {})
-        auto_map.setdefault("AutoModel", f"{LlavaOnevision2Model.__module__.rsplit('.', 1)[-1]}.LlavaOnevision2Model")
-        self.config.auto_map = auto_map
+        self.config.auto_map = {**MODEL_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_image_features(self, pixel_values, image_grid_thw, patch_positions=None, **kwargs):

@@ -15,8 +15,10 @@ EXPORTS = {
     "sample_codec_video": "codec_sampling_llava_onevision2",
     "LlavaOnevision2ImageProcessor": "image_processing_llava_onevision2",
     "LlavaOnevision2Processor": "processing_llava_onevision2",
-    "LlavaOnevision2VideoMetadata": "video_processing_llava_onevision2",
+    "LlavaOnevision2VideoMetadata": "video_samplers_llava_onevision2",
     "LlavaOnevision2VideoProcessor": "video_processing_llava_onevision2",
+    "SampledVideo": "video_samplers_llava_onevision2",
+    "VideoSampler": "video_samplers_llava_onevision2",
 }
 
 

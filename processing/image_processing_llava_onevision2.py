@@ -22,6 +22,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImage
 from transformers.processing_utils import ImagesKwargs
 
 from .vision_layout_llava_onevision2 import (
+    VISUAL_KEYS,
     PixelBudgetMixin,
     block_layout_positions,
     merged_token_count,
@@ -96,7 +97,7 @@ class LlavaOnevision2ImageProcessor(PixelBudgetMixin, TorchvisionBackend):
     temporal_patch_size = 1
     resize_backend = "pil"
     valid_kwargs = LlavaOnevision2ImagesKwargs
-    model_input_names = ["pixel_values", "image_grid_thw", "patch_positions"]
+    model_input_names = list(VISUAL_KEYS["image"])
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -6,18 +6,20 @@ Prompt expansion (placeholder counts always come from `merged_token_count` on th
   `<|vision_start|><|video_pad|><|vision_end|>` in raw text is accepted too) -> one block per frame,
   `<{seconds:.1f} seconds><|vision_start|>` + `<|video_pad|>` x k + `<|vision_end|>`, followed by a newline in the
   training format and nothing in the evaluated format.
-Images and videos keep their order in the prompt; token ids come from the tokenizer.
+A video's blocks come from its sampler's runs (`video_samplers_llava_onevision2`); a sampler that fills image
+placeholders (codec) writes `<|image_pad|>` runs, and its rows join the image keys. Images and such videos keep
+their order in the prompt; token ids come from the tokenizer.
 """
 
 import re
 
 import numpy as np
-import torch
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 
 from .image_processing_llava_onevision2 import LlavaOnevision2ImagesKwargs
 from .video_processing_llava_onevision2 import LlavaOnevision2VideosKwargs, flatten_video_inputs
-from .vision_layout_llava_onevision2 import merged_token_count
+from .video_samplers_llava_onevision2 import SampledVideo
+from .vision_layout_llava_onevision2 import VISUAL_KEYS, join_items, merged_token_count, split_items
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -79,6 +81,8 @@ class LlavaOnevision2Processor(ProcessorMixin):
     """
 
     valid_processor_kwargs = LlavaOnevision2ProcessorKwargs
+    # Sampled videos travel from `_process_videos` to `__call__` under this key, untouched by tensor conversion.
+    skip_tensor_conversion = [*ProcessorMixin.skip_tensor_conversion, "sampled_videos"]
 
     def __init__(self, image_processor=None, tokenizer=None, video_processor=None, chat_template=None, **kwargs):
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
@@ -104,19 +108,20 @@ class LlavaOnevision2Processor(ProcessorMixin):
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         images, text, videos, audio = super().prepare_inputs_layout(images, text, videos, audio, **kwargs)
         if text is not None:
-            # Codec runs each end with a newline, which replaces the one after the placeholder (as released).
-            wrapped = self._wrapped_video_and_newline if self.video_backend(kwargs) == "codec" else self._wrapped_video
+            absorbs = self.video_sampler_class(kwargs).absorbs_newline_after_placeholder
+            wrapped = self._wrapped_video_and_newline if absorbs else self._wrapped_video
             text = [wrapped.sub(self.video_token, sample) for sample in text]
         return images, text, videos, audio
 
-    def video_backend(self, call_kwargs: dict) -> str:
-        """The video backend a call uses: its own argument, else its videos_kwargs, else the video processor's."""
+    def video_sampler_class(self, call_kwargs: dict):
+        """The sampler a call uses: its own `video_backend`, else its videos_kwargs', else the video processor's."""
         videos_kwargs = call_kwargs.get("videos_kwargs") or {}
-        return (
+        backend = (
             call_kwargs.get("video_backend")
             or videos_kwargs.get("video_backend")
             or self.video_processor.video_backend
         )
+        return self.video_processor.sampler_class(backend)
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """Videos may be paths, bytes or file objects, which the generic check cannot count; count them here."""
@@ -132,86 +137,47 @@ class LlavaOnevision2Processor(ProcessorMixin):
         super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     def _process_videos(self, videos, **kwargs):
-        # The expansion reads each video's frame times and grid rows from its metadata.
-        processed = self.video_processor(videos, **{**kwargs, "return_metadata": True})
-        replacements = [
-            self.replace_video_token(processed, video_idx=i) for i in range(len(processed["video_metadata"]))
-        ]
-        return processed, replacements
+        sampled = self.video_processor.sample_videos(videos, **kwargs)
+        return {"sampled_videos": sampled}, [self.video_prompt(item) for item in sampled]
+
+    def video_prompt(self, item: SampledVideo) -> str:
+        """One `<t seconds><|vision_start|>` + placeholder x k + `<|vision_end|>` block per run of the item."""
+        token = self.image_token if item.fills == "image" else self.video_token
+        return "".join(
+            f"<{seconds:.1f} seconds>{self.vision_start_token}{token * tokens}{self.vision_end_token}{item.run_end}"
+            for seconds, tokens in item.runs
+        )
 
     def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        if videos is None or text is None:
+        if videos is None:
             return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
-        # Codec videos are written as image runs (the released contract); their rows join the image keys in prompt
-        # order, which needs the placement of every expanded placeholder and each video's metadata.
-        wanted = {key: kwargs.get(key) for key in ("return_text_replacement_offsets", "return_metadata")}
+        # Image-filling videos join the image keys in prompt order, which needs the placement of every placeholder.
+        wanted_offsets = kwargs.get("return_text_replacement_offsets")
         outputs = super().__call__(
             images=images,
             text=text,
             videos=videos,
             audio=audio,
-            **{**kwargs, "return_text_replacement_offsets": True, "return_metadata": True},
+            **{**kwargs, "return_text_replacement_offsets": text is not None},
         )
-        outputs = self._codec_videos_as_images(outputs)
-        if not wanted["return_text_replacement_offsets"]:
-            outputs.pop("text_replacement_offsets", None)
-        if not wanted["return_metadata"]:
-            outputs.pop("video_metadata", None)
-        return outputs
-
-    def _codec_videos_as_images(self, outputs):
-        """Move codec videos from the video keys into the image keys, interleaved with images in prompt order."""
-        metadata = outputs.get("video_metadata") or []
-        if not any(m.video_format == "codec" for m in metadata):
-            return outputs
-        image_parts = split_visual_rows(
-            outputs, "pixel_values", "image_grid_thw", "patch_positions", rows_per_item=None
+        sampled = outputs.pop("sampled_videos")
+        offsets = (
+            outputs.get("text_replacement_offsets")
+            if wanted_offsets
+            else outputs.pop("text_replacement_offsets", None)
         )
-        video_parts = split_visual_rows(
-            outputs, "pixel_values_videos", "video_grid_thw", "video_patch_positions", [m.grid_rows for m in metadata]
-        )
-        images, videos = iter(image_parts), iter(zip(video_parts, metadata))
-        as_images, still_videos = [], []
-        for sample in outputs["text_replacement_offsets"]:
-            for item in sample:
-                if item["type"] == "image":
-                    as_images.append(next(images))
-                elif item["type"] == "video":
-                    part, meta = next(videos)
-                    if meta.video_format == "codec":
-                        as_images.append(part)
-                    else:
-                        still_videos.append(part)
-        join_visual_rows(outputs, as_images, "pixel_values", "image_grid_thw", "patch_positions")
-        join_visual_rows(outputs, still_videos, "pixel_values_videos", "video_grid_thw", "video_patch_positions")
+        items = in_prompt_order(split_items(outputs, "image"), sampled, offsets)
+        for key in (*VISUAL_KEYS["image"], *VISUAL_KEYS["video"]):
+            outputs.pop(key, None)
+        as_numpy = isinstance(outputs.get("input_ids"), np.ndarray)
+        outputs.update(join_items(items, as_numpy=as_numpy))
+        if kwargs.get("return_metadata"):
+            outputs["video_metadata"] = [item.metadata for item in sampled]
         return outputs
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         merge = self.image_processor.merge_size
         return self.image_token * merged_token_count(image_inputs["image_grid_thw"][image_idx], merge)
-
-    def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
-        metadata = video_inputs["video_metadata"]
-        if metadata[video_idx].video_format == "codec":
-            return self.codec_prompt(metadata[video_idx].codec_runs)
-        first_row = sum(m.grid_rows for m in metadata[:video_idx])
-        rows = video_inputs["video_grid_thw"][first_row : first_row + metadata[video_idx].grid_rows]
-        merge = self.video_processor.merge_size
-        tokens_per_frame = [merged_token_count((1, h, w), merge) for t, h, w in rows.tolist() for _ in range(t)]
-        timestamps = metadata[video_idx].timestamps
-        separator = "\n" if metadata[video_idx].video_format == "training" else ""
-        return "".join(
-            f"<{seconds:.1f} seconds>{self.vision_start_token}{self.video_token * tokens}{self.vision_end_token}"
-            + separator
-            for seconds, tokens in zip(timestamps, tokens_per_frame, strict=True)
-        )
-
-    def codec_prompt(self, runs: list[tuple[float, int]]) -> str:
-        """One `<t seconds><|vision_start|><|image_pad|> x k<|vision_end|>` line per run of blocks from one frame."""
-        return "".join(
-            f"<{seconds:.1f} seconds>{self.vision_start_token}{self.image_token * tokens}{self.vision_end_token}\n"
-            for seconds, tokens in runs
-        )
 
     @property
     def model_input_names(self) -> list[str]:
@@ -219,37 +185,12 @@ class LlavaOnevision2Processor(ProcessorMixin):
         return list(dict.fromkeys(names + self.video_processor.model_input_names))
 
 
-def split_visual_rows(outputs, pixel_key: str, grid_key: str, positions_key: str, rows_per_item: list[int] | None):
-    """Per item (image or video): its (pixels, grid rows, positions); one grid row per item unless given."""
-    if pixel_key not in outputs:
-        return []
-    grids = outputs[grid_key]
-    rows_per_item = rows_per_item or [1] * len(grids)
-    parts, grid_start, pixel_start = [], 0, 0
-    for count in rows_per_item:
-        item_grids = grids[grid_start : grid_start + count]
-        patches = int(item_grids.prod(-1).sum())
-        parts.append(
-            (
-                outputs[pixel_key][pixel_start : pixel_start + patches],
-                item_grids,
-                outputs[positions_key][pixel_start : pixel_start + patches],
-            )
-        )
-        grid_start, pixel_start = grid_start + count, pixel_start + patches
-    return parts
-
-
-def join_visual_rows(outputs, parts, pixel_key: str, grid_key: str, positions_key: str) -> None:
-    """Write `parts` back under the three keys (or remove the keys when there are none)."""
-    if not parts:
-        for key in (pixel_key, grid_key, positions_key):
-            outputs.pop(key, None)
-        return
-    for index, key in enumerate((pixel_key, grid_key, positions_key)):
-        joined = torch.cat([torch.as_tensor(part[index]) for part in parts])
-        # Keep the container type the caller asked for (`return_tensors="np"` gives numpy arrays).
-        outputs[key] = joined.numpy() if isinstance(parts[0][index], np.ndarray) else joined
+def in_prompt_order(images: list, videos: list[SampledVideo], offsets: list | None) -> list:
+    """Images and videos in the order their placeholders appear across the batch (images first without a prompt)."""
+    if offsets is None:
+        return [*images, *videos]
+    queues = {"image": iter(images), "video": iter(videos)}
+    return [next(queues[placed["type"]]) for sample in offsets for placed in sample if placed["type"] in queues]
 
 
 __all__ = ["CHAT_TEMPLATE", "LlavaOnevision2Processor", "marks_assistant_turns"]

@@ -472,6 +472,84 @@ def read_video(
     )
 
 
+# Seconds per frame assumed for decoded frames passed without a frame rate (what the release stamps them with).
+FRAMES_WITHOUT_METADATA_FPS = 1.0
+
+
+def frames_to_array(frames, name: str) -> np.ndarray:
+    """Frames already decoded (a list of PIL images or arrays, or a `[T, H, W, 3]` array or tensor) -> `[T, H, W, 3]`
+    uint8. Duck-typed (`convert` for PIL, `cpu` for torch) so that this module needs neither."""
+    if isinstance(frames, (list, tuple)):
+        frames = [np.asarray(f.convert("RGB")) if hasattr(f, "convert") else np.asarray(f) for f in frames]
+        shapes = {f.shape for f in frames}
+        if len(shapes) != 1:
+            raise ValueError(f"{name}: all frames must have one size, got {sorted(shapes)}.")
+        frames = np.stack(frames)
+    array = frames.cpu().numpy() if hasattr(frames, "cpu") else np.asarray(frames)
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"{name}: decoded frames must be [T, H, W, 3], got shape {tuple(array.shape)}.")
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} has no frames.")
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating) and array.max() <= 1.0:
+            raise ValueError(f"{name}: frames look like floats in [0, 1]; pass uint8 values in [0, 255].")
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return array
+
+
+def is_decoded(video) -> bool:
+    """Whether a video input is frames already decoded rather than a file, bytes or a binary stream."""
+    return isinstance(video, (list, tuple, np.ndarray)) or hasattr(video, "cpu")
+
+
+def sample_decoded_frames(
+    frames,
+    fps: float | None,
+    name: str,
+    sample_fps: float | None = None,
+    num_frames: int | None = None,
+    max_frames: int | None = None,
+    keep_all: bool = False,
+) -> DecodedClip:
+    """Pick frames from a clip decoded elsewhere, by the same rule as `read_video`. `fps` is the rate the frames were
+    taken at; without it they are kept as given (up to `max_frames`) and stamped one second apart, as released."""
+    array = frames_to_array(frames, name)
+    if not fps:
+        sample_fps, keep_all, fps = None, True, FRAMES_WITHOUT_METADATA_FPS
+    timestamps = np.arange(len(array)) / fps
+    duration = len(array) / fps
+    wanted = sample_frame_indices(timestamps, duration, sample_fps, num_frames, max_frames, keep_all)
+    return DecodedClip(
+        frames=array[wanted],
+        frame_indices=wanted,
+        timestamps=[float(timestamps[i]) for i in wanted],
+        total_num_frames=len(array),
+        fps=float(fps),
+        duration=duration,
+        codec=None,
+        source=name,
+    )
+
+
+def load_clip(
+    video,
+    name: str,
+    known_fps: float | None = None,
+    fps: float | None = None,
+    num_frames: int | None = None,
+    max_frames: int | None = None,
+    keep_all: bool = False,
+    allow_truncated: bool = False,
+) -> DecodedClip:
+    """Sampled RGB frames of one video: decoded from a path / bytes / binary file, or picked from frames given in
+    memory (`known_fps`: the rate those frames were taken at)."""
+    sampling = dict(fps=fps, num_frames=num_frames, max_frames=max_frames, keep_all=keep_all)
+    if not is_decoded(video):
+        return read_video(video, allow_truncated=allow_truncated, **sampling)
+    sampling["sample_fps"] = sampling.pop("fps")
+    return sample_decoded_frames(video, known_fps, name, **sampling)
+
+
 def check_complete(index: VideoStreamIndex, name: str, allow_truncated: bool) -> None:
     """Refuse a file whose frames stop well before the duration its container declares (a cut-off download)."""
     if allow_truncated or index.declared_duration is None:
@@ -489,11 +567,15 @@ __all__ = [
     "DecodedClip",
     "VideoStreamIndex",
     "decode_frames",
+    "frames_to_array",
+    "is_decoded",
+    "load_clip",
     "index_video_stream",
     "iter_frames",
     "load_av",
     "open_video",
     "read_video",
     "released_frame_count",
+    "sample_decoded_frames",
     "sample_frame_indices",
 ]

@@ -8,13 +8,17 @@ files in `processing/` may not import `modeling/`; tests check that the two agre
   ratio <= 200);
 - `patchify`: frames -> pixel rows in block layout (each merge x merge group of patches contiguous);
 - `block_layout_positions`: the (t, h, w) of every row, in that same order;
-- `merged_token_count`: how many placeholder tokens a grid row becomes.
+- `merged_token_count`: how many placeholder tokens a grid row becomes;
+- `VISUAL_KEYS` / `VisualItem` / `join_items`: which output keys hold an image's or a video's rows, and how items
+  (one image, one sampled video) are concatenated under them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers.image_utils import SizeDict
 
@@ -69,6 +73,57 @@ def merged_token_count(grid_row: Sequence[int] | torch.Tensor, merge_size: int) 
     """Placeholder tokens of one (t, h, w) grid row: every merge x merge patch block becomes one token."""
     t, h, w = (int(v) for v in grid_row)
     return t * h * w // merge_size**2
+
+
+# Output keys per placeholder kind: pixel rows, grid rows (t, h, w), (t, h, w) position of every pixel row. The
+# model reads the same names (it keeps its own copy: remote-code files in `modeling/` may not import these).
+VISUAL_KEYS = {
+    "image": ("pixel_values", "image_grid_thw", "patch_positions"),
+    "video": ("pixel_values_videos", "video_grid_thw", "video_patch_positions"),
+}
+
+
+@dataclass
+class VisualItem:
+    """One image or one sampled video as model inputs, and which placeholder (`fills`: "image" or "video") its
+    tokens repeat, which also names the keys that hold its rows."""
+
+    pixel_values: torch.Tensor  # [N, C * P * P]
+    grid_thw: torch.Tensor  # [R, 3] int64
+    positions: torch.Tensor  # [N, 3] int64
+    fills: str
+
+
+def split_items(outputs, fills: str, rows_per_item: Sequence[int] | None = None) -> list[VisualItem]:
+    """The items held under the `fills` keys of a processor output; one grid row per item unless given."""
+    pixel_key, grid_key, positions_key = VISUAL_KEYS[fills]
+    if pixel_key not in outputs:
+        return []
+    grids = torch.as_tensor(outputs[grid_key])
+    pixels, positions = torch.as_tensor(outputs[pixel_key]), torch.as_tensor(outputs[positions_key])
+    items, grid_start, pixel_start = [], 0, 0
+    for count in rows_per_item or [1] * len(grids):
+        item_grids = grids[grid_start : grid_start + count]
+        patches = int(item_grids.prod(-1).sum())
+        rows = slice(pixel_start, pixel_start + patches)
+        items.append(VisualItem(pixels[rows], item_grids, positions[rows], fills))
+        grid_start, pixel_start = grid_start + count, pixel_start + patches
+    return items
+
+
+def join_items(items: Sequence[VisualItem], as_numpy: bool = False) -> dict:
+    """Concatenate items, in the order given, under the keys their `fills` names (kinds with no item get no keys)."""
+    joined = {}
+    for fills, (pixel_key, grid_key, positions_key) in VISUAL_KEYS.items():
+        chosen = [item for item in items if item.fills == fills]
+        if not chosen:
+            continue
+        joined[pixel_key] = torch.cat([item.pixel_values for item in chosen])
+        joined[grid_key] = torch.cat([item.grid_thw.view(-1, 3) for item in chosen]).long()
+        joined[positions_key] = torch.cat([item.positions for item in chosen]).long()
+    if as_numpy:
+        joined = {key: np.asarray(value) for key, value in joined.items()}
+    return joined
 
 
 def pixel_bounds(size, min_pixels: int | None = None, max_pixels: int | None = None) -> dict:
@@ -134,7 +189,11 @@ class PixelBudgetMixin:
 
 
 __all__ = [
+    "VISUAL_KEYS",
     "PixelBudgetMixin",
+    "VisualItem",
+    "join_items",
+    "split_items",
     "pixel_bounds",
     "block_layout_positions",
     "merged_token_count",

@@ -1,7 +1,7 @@
 """Tiny configurations and input builders shared by the test modules.
 
-The tiny model still reaches every path: head_dim 32 (the smallest the 4:6:6 rotary split allows), merge 2,
-2-frame attention windows, GQA in the text model.
+The tiny model (the "tiny" preset, at patch 4 with 2-frame attention windows) still reaches every path: vision
+head_dim 32 (the smallest the 4:6:6 rotary split allows), merge 2, GQA in the text model.
 """
 
 from __future__ import annotations
@@ -27,43 +27,10 @@ ROW_WIDTH = 3 * PATCH * PATCH
 
 
 def tiny_config(vision: dict | None = None, text: dict | None = None, **top) -> LlavaOnevision2Config:
-    vision_config = dict(
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        patch_size=PATCH,
-        spatial_merge_size=MERGE,
-        out_hidden_size=48,
-        frame_windows_size=2,
-    )
-    text_config = dict(
-        model_type="qwen3",
-        vocab_size=96,
-        hidden_size=48,
-        intermediate_size=80,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=512,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-    )
-    vision_config.update(vision or {})
-    text_config.update(text or {})
-    values = dict(
-        vision_config=vision_config,
-        text_config=text_config,
-        image_token_id=IMAGE,
-        video_token_id=VIDEO,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
-    )
-    values.update(top)
-    return LlavaOnevision2Config(**values)
+    """The "tiny" preset at the tests' patch size and window, sized to the tests' tokenizer."""
+    vision_config = {"patch_size": PATCH, "spatial_merge_size": MERGE, "frame_windows_size": 2, **(vision or {})}
+    text_config = {"vocab_size": 96, "pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS, **(text or {})}
+    return LlavaOnevision2Config.from_preset("tiny", vision_config=vision_config, text_config=text_config, **top)
 
 
 def tiny_model(attn: str | dict = "sdpa", seed: int = 0, config: LlavaOnevision2Config | None = None, cls=None):

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import io
 import struct
-from fractions import Fraction
 
 import av
 import numpy as np
 import PIL.Image
+
+from llava_onevision2.training.synthetic_video import encode_frames
 
 WIDTH, HEIGHT = 96, 64
 
@@ -39,24 +40,10 @@ def encode_video(
     height: int = HEIGHT,
 ) -> bytes:
     """Encode frames 0..num_frames-1; `pts_ms` gives variable presentation times in milliseconds."""
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"g": str(gop)} if codec != "libx265" else {"x265-params": f"keyint={gop}:log-level=none"}
-        if pts_ms is not None:
-            stream.time_base = Fraction(1, 1000)
-            stream.codec_context.time_base = Fraction(1, 1000)
-        for index in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(synthetic_frame(index, width, height), format="rgb24")
-            if pts_ms is not None:
-                frame.pts = pts_ms[index]
-                frame.time_base = Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buffer.getvalue()
+    frames = (synthetic_frame(index, width, height) for index in range(num_frames))
+    return encode_frames(
+        frames, rate=rate, codec=codec, container_format=container_format, keyframe_interval=gop, pts_ms=pts_ms
+    )
 
 
 def rotate_mp4(data: bytes, clockwise_degrees: int) -> bytes:
@@ -120,20 +107,14 @@ def encode_moving_box(
 ) -> tuple[bytes, list[tuple[int, int]]]:
     """A textured static background with a red box sliding right; returns the bytes and each frame's box corner."""
     background = (np.random.default_rng(0).random((height, width, 3)) * 60 + 80).astype(np.uint8)
-    corners = []
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"g": str(gop)} if codec != "libx265" else {"x265-params": f"keyint={gop}:log-level=none"}
-        for index in range(num_frames):
+    y = height // 3
+    corners = [((index * speed) % (width - box) if moving else width // 2, y) for index in range(num_frames)]
+
+    def frames():
+        for x, _ in corners:
             image = background.copy()
-            x = (index * speed) % (width - box) if moving else width // 2
-            y = height // 3
             image[y : y + box, x : x + box] = (250, 40, 40)
-            corners.append((x, y))
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buffer.getvalue(), corners
+            yield image
+
+    data = encode_frames(frames(), rate=rate, codec=codec, container_format=container_format, keyframe_interval=gop)
+    return data, corners

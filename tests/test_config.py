@@ -65,7 +65,16 @@ def test_8b_parts_and_shapes():
 
 
 def test_all_presets_build_and_moe_resolves():
-    assert set(PRESETS) == {"8b", "4b", "4b-p16m3", "2b", "30b-a3b"}
+    assert set(PRESETS) == {"tiny", "8b", "4b", "4b-p16m3", "2b", "30b-a3b"}
+    tiny = LlavaOnevision2Config.from_preset("tiny", vision_config={"patch_size": 4}, text_config={"vocab_size": 96})
+    # Nested overrides merge into the preset's sub-configs key by key.
+    assert (tiny.vision_config.patch_size, tiny.vision_config.hidden_size) == (4, 64)
+    assert (tiny.text_config.vocab_size, tiny.text_config.hidden_size) == (96, 128)
+    assert LlavaOnevision2Config.from_preset("custom", **PRESETS["tiny"]).to_dict() == (
+        LlavaOnevision2Config.from_preset("tiny").to_dict()
+    )
+    with pytest.raises(ValueError, match="Unknown preset 'huge'"):
+        LlavaOnevision2Config.from_preset("huge")
     moe = LlavaOnevision2Config.from_preset("30b-a3b")
     assert moe.text_config.model_type == "qwen3_moe" and moe.text_config.num_experts == 128
     with torch.device("meta"):

@@ -345,7 +345,7 @@ def test_convert_release_keeps_template_and_processor_settings(released_folder, 
         loaded,
         [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
         budget=type("Budget", (), {"max_pixels": 8192, "max_frames": 4, "video_max_pixels": 6144})(),
-        video_backend="frames",
+        processor_kwargs={"videos_kwargs": {"video_backend": "frames"}},
     )
     assert (sample["labels"] != -100).sum() > 0
 
@@ -518,14 +518,14 @@ def test_moe_preset_adds_the_load_balancing_loss_like_qwen3_moe():
 
 
 def test_vision_width_that_differs_from_the_text_width_is_an_error():
-    with pytest.raises(ValueError, match=r"out_hidden_size \(32\) must equal text_config.hidden_size \(48\)"):
+    with pytest.raises(ValueError, match=r"out_hidden_size \(32\) must equal text_config.hidden_size \(128\)"):
         tiny_config(vision={"out_hidden_size": 32})
     model = tiny_model()
     input_ids = torch.tensor([[1, 5, 5, 2]])
     embeds = model.get_input_embeddings()(input_ids)
-    with pytest.raises(ValueError, match="features are 32 wide but the language model's hidden size is 48"):
+    with pytest.raises(ValueError, match="features are 32 wide but the language model's hidden size is 128"):
         model.model.get_placeholder_mask(input_ids, embeds, "image", 2, 32)
-    assert model.model.get_placeholder_mask(input_ids, embeds, "image", 2, 48).sum() == 2
+    assert model.model.get_placeholder_mask(input_ids, embeds, "image", 2, 128).sum() == 2
 
 
 # -- lmms-eval end to end --------------------------------------------------------------------------------------------

@@ -16,8 +16,17 @@ from synthetic_media import (
     synthetic_frame,
 )
 
-from llava_onevision2.processing.video_decoding_llava_onevision2 import frame_to_rgb, read_video, sample_frame_indices
+from llava_onevision2.processing.video_decoding_llava_onevision2 import (
+    DecodedClip,
+    decode_frames,
+    frame_to_rgb,
+    index_video_stream,
+    open_video,
+    read_video,
+    sample_frame_indices,
+)
 from llava_onevision2.processing.video_processing_llava_onevision2 import LlavaOnevision2VideoProcessor
+from llava_onevision2.processing.video_samplers_llava_onevision2 import FramesSampler
 from llava_onevision2.processing.vision_layout_llava_onevision2 import block_layout_positions
 
 SMALL = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 8)
@@ -211,3 +220,67 @@ def test_an_empty_file_is_reported_as_empty(tmp_path):
         read_video(str(path))
     with pytest.raises(ValueError, match=r"The video is empty \(0 bytes\)"):
         read_video(b"")
+
+
+# -- a third back-end: one class and one registration line --------------------------------------------------------
+
+
+class KeyframesSampler(FramesSampler):
+    """Only the stream's keyframes (what a seek-only reader affords), laid out and prompted like sampled frames."""
+
+    name = "keyframes"
+    unread_settings = ("fps", "num_frames", "codec_config")
+
+    def load(self, video, metadata, settings, name):
+        container = open_video(video)
+        try:
+            index = index_video_stream(container, name)
+            wanted = np.flatnonzero(index.keyframe)[: settings["max_frames"]].tolist()
+            frames, positions, _ = decode_frames(container, index, wanted, name)
+        finally:
+            container.close()
+        timestamps = [float(index.timestamps[p]) for p in positions]
+        return DecodedClip(
+            np.stack(frames), positions, timestamps, index.num_frames, index.fps, index.duration, index.codec, name
+        )
+
+
+class KeyframesVideoProcessor(LlavaOnevision2VideoProcessor):
+    pass
+
+
+KeyframesVideoProcessor.register_video_sampler(KeyframesSampler)
+
+
+def test_a_new_backend_is_one_class_and_one_registration():
+    from conftest import tiny_tokenizer
+    from llava_onevision2.processing.image_processing_llava_onevision2 import LlavaOnevision2ImageProcessor
+    from llava_onevision2.processing.processing_llava_onevision2 import LlavaOnevision2Processor
+
+    budget = dict(patch_size=4, merge_size=2, min_pixels=8 * 8 * 4, max_pixels=8 * 8 * 12)
+    processor = LlavaOnevision2Processor(
+        image_processor=LlavaOnevision2ImageProcessor(**budget),
+        tokenizer=tiny_tokenizer(),
+        video_processor=KeyframesVideoProcessor(**budget, video_backend="keyframes"),
+    )
+    video = encode_video(num_frames=12, gop=4)
+    out = processor(text="<|video_pad|> What moves?", videos=[video], return_metadata=True, return_tensors="pt")
+    metadata = out["video_metadata"][0]
+    assert metadata.frames_indices == [0, 4, 8] and metadata.timestamps == pytest.approx([0.0, 0.4, 0.8])
+    text = processor.decode(out["input_ids"][0])
+    assert text.startswith("<0.0 seconds><|vision_start|>") and text.count("<|vision_start|>") == 3
+    tokens = sum(int(row.prod()) for row in out["video_grid_thw"]) // 4
+    assert (out["input_ids"] == processor.video_token_id).sum() == tokens
+    # The registration reached the subclass only, and the new sampler refuses what it does not read.
+    assert "keyframes" not in LlavaOnevision2VideoProcessor.video_samplers
+    with pytest.raises(ValueError, match=r"video_backend='keyframes' does not read \['fps'\]"):
+        processor.video_processor(video, fps=2.0)
+
+
+def test_codec_refuses_frame_settings_it_would_ignore():
+    with pytest.raises(ValueError, match=r"video_backend='codec' does not read \['fps', 'num_frames'\]"):
+        LlavaOnevision2VideoProcessor(**SMALL)(
+            encode_video(num_frames=12), video_backend="codec", fps=1.0, num_frames=4
+        )
+    with pytest.raises(ValueError, match=r"video_backend='frames' does not read \['codec_config'\]"):
+        LlavaOnevision2VideoProcessor(**SMALL)(encode_video(num_frames=12), codec_config={"target_canvas": 4})

@@ -1,8 +1,9 @@
 """The vision tower against a reference written here from the specification, not from the model's helpers.
 
-Spec (upstream-model.md section 3): block-layout index formula, windows of `frame_windows_size` frames per grid
-row, 4:6:6 split of half the head dim with per-axis exponent denominators, half-concatenated table with interleaved
-pair rotation, fp32 rotary maths, pre-norm layers, LayerNorm + two-layer GELU merger over s*s consecutive rows.
+Spec (the released vision tower; README "Fidelity to the release"): block-layout index formula, windows of
+`frame_windows_size` frames per grid row, 4:6:6 split of half the head dim with per-axis exponent denominators,
+half-concatenated table with interleaved pair rotation, fp32 rotary maths, pre-norm layers, LayerNorm + two-layer GELU
+merger over s*s consecutive rows.
 """
 
 from __future__ import annotations

@@ -12,14 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-VISUAL_KEYS = (
-    "pixel_values",
-    "image_grid_thw",
-    "patch_positions",
-    "pixel_values_videos",
-    "video_grid_thw",
-    "video_patch_positions",
-)
+from ..processing.vision_layout_llava_onevision2 import VISUAL_KEYS as KEYS_BY_KIND
+
+VISUAL_KEYS = (*KEYS_BY_KIND["image"], *KEYS_BY_KIND["video"])
 
 
 def first_fit_rows(lengths: list[int], max_length: int) -> list[list[int]]:
