@@ -60,7 +60,7 @@ def released(tmp_path_factory):
 
 def samples_of(source: DataSource, processor, stats: SampleStats | None = None) -> list[dict]:
     records = mixed_records([(source, SourceRecords(source).share())])
-    return list(processed_samples(records, processor, 1024, LADDER, "frames", stats, {source.label: source}))
+    return list(processed_samples(records, processor, 1024, LADDER, {}, stats, {source.label: source}))
 
 
 def answer_text(sample: dict, processor) -> str:
@@ -382,15 +382,15 @@ TOY_RECIPE = REPO / "training" / "configs" / "toy" / "stage0_alignment.yaml"  # 
 
 def cli_overrides(output: Path, processor_dir: Path, sources: str, extra=()) -> list[str]:
     return [
-        f"model.processor={processor_dir}",
-        f"data.sources={sources}",
-        "data.max_length=1024",
-        f"training.output_dir={output}",
-        "training.per_device_train_batch_size=2",
-        "training.gradient_accumulation_steps=1",
-        "training.save_strategy='no'",
-        "training.logging_steps=1",
-        "training.warmup_steps=0",
+        f"--processor={processor_dir}",
+        f"--sources={sources}",
+        "--max_length=1024",
+        f"--output_dir={output}",
+        "--per_device_train_batch_size=2",
+        "--gradient_accumulation_steps=1",
+        "--save_strategy=no",
+        "--logging_steps=1",
+        "--warmup_steps=0",
         *extra,
     ]
 
@@ -409,7 +409,7 @@ def test_the_released_schemas_train_through_the_cli_with_zero_drops(released, tm
         tmp_path / "out",
         tmp_path / "processor",
         json.dumps(entries),
-        ["training.max_steps=12", "data.record_sample_ids=true"],
+        ["--max_steps=12", "--record_sample_ids=true"],
     )
     result = subprocess.run(command + overrides, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -449,12 +449,12 @@ def run_two_ranks(output: Path, processor_dir: Path, records: Path, extra: list[
         processor_dir,
         sources,
         [
-            "training.per_device_train_batch_size=4",
-            "training.gradient_accumulation_steps=2",
-            "training.dataloader_num_workers=2",
-            "training.use_cpu=true",
-            "training.learning_rate=1.0e-3",
-            "data.record_sample_ids=true",
+            "--per_device_train_batch_size=4",
+            "--gradient_accumulation_steps=2",
+            "--dataloader_num_workers=2",
+            "--use_cpu=true",
+            "--learning_rate=1.0e-3",
+            "--record_sample_ids=true",
             *extra,
         ],
     )
@@ -470,7 +470,7 @@ def run_two_ranks(output: Path, processor_dir: Path, records: Path, extra: list[
 def test_two_ranks_with_two_workers_stay_in_step_share_the_data_and_resume_exactly(tmp_path):
     build_toy_processor(str(tmp_path / "processor"))
     records = write_unevenly_broken_records(tmp_path / "data")
-    common = ["training.max_steps=4", "training.save_strategy=steps", "training.save_steps=2"]
+    common = ["--max_steps=4", "--save_strategy=steps", "--save_steps=2"]
     straight = run_two_ranks(tmp_path / "straight", tmp_path / "processor", records, common)
 
     # Lockstep: both ranks took every step although half of rank 1's records are broken and none of rank 0's.
@@ -492,7 +492,7 @@ def test_two_ranks_with_two_workers_stay_in_step_share_the_data_and_resume_exact
         tmp_path / "resumed",
         tmp_path / "processor",
         records,
-        [*common, f"training.resume_from_checkpoint={tmp_path / 'straight' / 'checkpoint-2'}"],
+        [*common, f"--resume_from_checkpoint={tmp_path / 'straight' / 'checkpoint-2'}"],
     )
     losses = lambda report: [e["loss"] for e in report["log_history"] if "loss" in e]  # noqa: E731
     assert resumed["steps_per_rank"] == [4, 4]

@@ -24,19 +24,15 @@ from llava_onevision2.training.data import (
     processed_samples,
     video_budget,
 )
-from llava_onevision2.training.recipe import load_recipe
-from llava_onevision2.training.sft import model_part, prepare, sft_config
+from llava_onevision2.training.recipe import load_recipe, read_recipe_file
+from llava_onevision2.training.sft import load_processor, model_part, prepare, training_dataset
 from llava_onevision2.training.sources import SourceRecords
 from llava_onevision2.training.toy import build_toy_processor, write_toy_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training" / "configs"
-TOY_SHAPES = (
-    "model.config_overrides={vision_config: {hidden_size: 64, intermediate_size: 96, num_hidden_layers: 1, "
-    "num_attention_heads: 2, patch_size: 8, spatial_merge_size: 2, out_hidden_size: 64, frame_windows_size: 4}, "
-    "text_config: {model_type: qwen3, vocab_size: 512, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 1, "
-    "num_attention_heads: 2, num_key_value_heads: 1, head_dim: 32, max_position_embeddings: 1024}}"
-)
+# The tiny preset, one layer deep: fresh weights for one-step stage runs.
+TOY_SHAPES = "--config_overrides={vision_config: {num_hidden_layers: 1, frame_windows_size: 4}, text_config: {num_hidden_layers: 1}}"
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +128,7 @@ def samples_for(records, processor, root, max_length=512, stats=None):
     source = DataSource(str(path), media_root=str(root))
     raw = mixed_records([(source, SourceRecords(source).share())])
     ladder = budget_ladder(4096, 4, 4096)
-    return list(processed_samples(raw, processor, max_length, ladder, "frames", stats, {"records.jsonl": source}))
+    return list(processed_samples(raw, processor, max_length, ladder, {}, stats, {"records.jsonl": source}))
 
 
 def test_labels_cover_only_assistant_turns(processor, toy):
@@ -163,7 +159,7 @@ def test_packing_gives_the_unpacked_loss(processor, toy):
     samples = samples_for(records, processor, media)
     recipe = load_recipe(
         str(CONFIGS / "toy" / "stage2_instruct.yaml"),
-        [f"model.processor={toy / 'processor'}", "training.output_dir=/tmp/x", "model.preset=custom", TOY_SHAPES],
+        [f"--processor={toy / 'processor'}", "--output_dir=/tmp/x", "--preset=tiny", TOY_SHAPES],
     )
     from llava_onevision2.training.sft import build_model
 
@@ -184,8 +180,9 @@ def test_per_frame_pixel_budget_never_becomes_the_codec_canvas_budget(processor)
     rung = budget_ladder(4096, 8, 2048)[0]
     frames = video_budget(processor, rung, "frames")
     assert frames == {"max_frames": 8, "video_backend": "frames", "max_pixels": 2048, "min_pixels": 2048}
-    # A call-level max_pixels sets the codec canvas (released convention): the codec block keeps that say.
-    assert video_budget(processor, rung, "codec") == {"max_frames": 8, "video_backend": "codec"}
+    # A call-level max_pixels sets the codec canvas (released convention): the codec block keeps that say; and the
+    # codec sampler reads no frame cap, which it would refuse.
+    assert video_budget(processor, rung, "codec") == {"video_backend": "codec"}
 
 
 def test_bad_samples_are_counted_not_fatal(processor, toy):
@@ -217,26 +214,27 @@ def test_bad_samples_are_counted_not_fatal(processor, toy):
 
 # -- stages ---------------------------------------------------------------------------------------------------------
 
-STAGES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+STAGES = sorted(p.name for p in CONFIGS.glob("stage*.yaml"))
 
 
 def stage_overrides(toy, output, extra=()):
+    """Command-line flags that run a stage recipe on the toy data with fresh tiny weights."""
     return [
-        "model.name_or_path=null",
-        "model.preset=custom",
-        "model.dtype=float32",
+        "--model_name_or_path=",
+        "--preset=tiny",
+        "--dtype=float32",
         TOY_SHAPES,
-        f"model.processor={toy / 'processor'}",
-        f"data.root={toy / 'data'}",
-        "data.sources=[{path: train_questions_image.jsonl, media_root: media}, {path: train_questions_video.jsonl, media_root: media}]",
-        "data.max_length=512",
-        f"training.output_dir={output}",
-        "training.max_steps=1",
-        "training.per_device_train_batch_size=4",
-        "training.gradient_accumulation_steps=1",
-        "training.save_strategy='no'",
-        "training.logging_steps=1",
-        "training.warmup_steps=0",  # one step of warmup would mean a learning rate of zero
+        f"--processor={toy / 'processor'}",
+        f"--data_root={toy / 'data'}",
+        "--sources=[{path: train_questions_image.jsonl, media_root: media}, {path: train_questions_video.jsonl, media_root: media}]",
+        "--max_length=512",
+        f"--output_dir={output}",
+        "--max_steps=1",
+        "--per_device_train_batch_size=4",
+        "--gradient_accumulation_steps=1",
+        "--save_strategy=no",
+        "--logging_steps=1",
+        "--warmup_steps=0",  # one step of warmup would mean a learning rate of zero
         *extra,
     ]
 
@@ -250,8 +248,8 @@ def test_one_step_of_each_stage_changes_only_its_parts(stage, toy, tmp_path):
     assert np.isfinite(result.training_loss)
     changed = {name for name, p in trainer.model.named_parameters() if not torch.equal(before[name], p.detach())}
     assert changed, "nothing learned"
-    if recipe.lora is None:
-        assert {model_part(name) for name in changed} == set(recipe.trainable)
+    if not recipe.model.use_peft:
+        assert {model_part(name) for name in changed} == set(recipe.vision.trainable)
     else:
         assert all("lora_" in name or "merger" in name for name in changed)
         assert not any("visual.encoder" in name for name in changed)
@@ -279,45 +277,91 @@ def test_a_source_can_sample_its_videos_its_own_way(processor, toy):
         "codec_view": DataSource(path="unused", format="llava", media_root=media, video_backend="codec"),
         "frames_view": DataSource(path="unused", format="llava", media_root=media),
     }
-    codec, frames = processed_samples(rows, processor, 512, budget_ladder(4096, 6, 4096), "frames", sources=sources)
+    stage = {"videos_kwargs": {"video_backend": "frames", "video_format": "training", "fps": 1.0}}
+    codec, frames = processed_samples(rows, processor, 512, budget_ladder(4096, 6, 4096), stage, sources=sources)
     assert "pixel_values_videos" in frames
     assert "pixel_values_videos" not in codec and "patch_positions" in codec  # canvases travel in the image keys
     assert frames["video_grid_thw"][0][0] == 4 and codec["image_grid_thw"][0][0] < 4  # 4 frames vs fewer canvases
 
 
 def test_an_unknown_source_backend_fails_before_training(toy, tmp_path):
-    sources = "data.sources=[{path: train_questions_video.jsonl, media_root: media, video_backend: keyframes}]"
+    sources = "--sources=[{path: train_questions_video.jsonl, media_root: media, video_backend: keyframes}]"
     recipe = load_recipe(str(CONFIGS / "stage2_instruct.yaml"), stage_overrides(toy, tmp_path, [sources]))
     with pytest.raises(ValueError, match="video_backend 'keyframes' is not one of"):
         prepare(recipe)
 
 
-def recipe_with_training(toy, tmp_path, **training):
-    """The stage-2 recipe with its checkpointing setting replaced by `training`."""
-    extra = ["training.activation_checkpointing=null"] + [f"training.{key}={value}" for key, value in training.items()]
-    return load_recipe(str(CONFIGS / "stage2_instruct.yaml"), stage_overrides(toy, tmp_path, extra))
+def recipe_with_flags(toy, tmp_path, path="stage2_instruct.yaml", **settings):
+    """A stage recipe on the toy data with `settings` written into a recipe file that inherits it."""
+    import yaml
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"inherit": str(CONFIGS / path), **settings}))
+    return load_recipe(str(recipe), stage_overrides(toy, tmp_path))
 
 
 @pytest.mark.parametrize(
     "given, expected",
     [({}, True), ({"gradient_checkpointing": False}, False), ({"activation_checkpointing": False}, False)],
 )
-def test_training_config_is_built_without_warnings(toy, tmp_path, given, expected):
-    """Our own SFTConfig call spells checkpointing with transformers' current name (TRL defaults the deprecated one
-    to True) and does not ask for pinned memory without a GPU; a recipe's either spelling takes effect."""
+def test_trainer_arguments_are_built_without_warnings(toy, tmp_path, given, expected):
+    """The recipe spells checkpointing with transformers' current name (TRL defaults the deprecated one to True) and
+    does not ask for pinned memory without a GPU; a recipe's either spelling takes effect."""
     import warnings
 
+    settings = {"activation_checkpointing": None, **given}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        config = sft_config(recipe_with_training(toy, tmp_path, **given))
-    assert config.activation_checkpointing is expected and config.gradient_checkpointing is expected
-    assert config.dataloader_pin_memory is torch.cuda.is_available()
+        args = recipe_with_flags(toy, tmp_path, **settings).sft
+    assert args.activation_checkpointing is expected and args.gradient_checkpointing is expected
+    assert args.dataloader_pin_memory is torch.cuda.is_available()
 
 
 def test_contradicting_checkpointing_names_fail_loudly(toy, tmp_path):
-    recipe = recipe_with_training(toy, tmp_path, gradient_checkpointing=True, activation_checkpointing=False)
-    with pytest.raises(ValueError, match="contradicts training.activation_checkpointing"):
-        sft_config(recipe)
+    with pytest.raises(ValueError, match="contradicts activation_checkpointing"):
+        recipe_with_flags(toy, tmp_path, gradient_checkpointing=True, activation_checkpointing=False)
+
+
+def test_stages_inherit_the_base_and_list_only_their_differences():
+    """A stage file holds only what differs from base.yaml (no key repeats the inherited value)."""
+    import yaml
+
+    base = read_recipe_file(str(CONFIGS / "base.yaml"))
+    for path in [*CONFIGS.glob("stage*.yaml"), CONFIGS / "toy" / "base.yaml"]:
+        own = yaml.safe_load(path.read_text())
+        assert own.pop("inherit") in ("base.yaml", "../base.yaml"), path
+        repeated = {key for key, value in own.items() if key in base and base[key] == value}
+        assert not repeated, (path.name, repeated)
+    toy_base = read_recipe_file(str(CONFIGS / "toy" / "base.yaml"))
+    for path in (CONFIGS / "toy").glob("stage*.yaml"):
+        own = yaml.safe_load(path.read_text())
+        assert own.pop("inherit") == "base.yaml"
+        assert not {key for key, value in own.items() if key in toy_base and toy_base[key] == value}, path.name
+
+
+def test_recipe_settings_that_would_be_ignored_fail_loudly(toy, tmp_path):
+    with pytest.raises(ValueError, match=r"processor_kwargs.videos_kwargs sets \['max_frames'\]"):
+        recipe_with_flags(toy, tmp_path, processor_kwargs={"videos_kwargs": {"max_frames": 8}})
+    with pytest.raises(ValueError, match=r"Unknown keys in .*recipe.yaml: .*lora_rank"):
+        recipe_with_flags(toy, tmp_path, lora_rank=8)
+    with pytest.raises(ValueError, match="Set one of model_name_or_path"):
+        load_recipe(str(CONFIGS / "stage2_instruct.yaml"), [*stage_overrides(toy, tmp_path), "--model_name_or_path=x"])
+    recipe = recipe_with_flags(toy, tmp_path, remove_unused_columns=True)
+    with pytest.raises(ValueError, match="remove_unused_columns: false"):
+        prepare(recipe)
+
+
+def test_processor_settings_travel_with_each_call_and_leave_the_processor_as_saved(toy, tmp_path):
+    settings = {"videos_kwargs": {"video_format": "evaluated", "num_frames": 2}}
+    recipe = recipe_with_flags(toy, tmp_path, processor_kwargs=settings)
+    processor = load_processor(recipe)
+    samples = training_dataset(recipe, processor).samples(list(range(8)))
+    video = next(sample for sample in samples if "video_grid_thw" in sample)
+    grid = np.asarray(video["video_grid_thw"]).tolist()
+    assert len(grid) == 2 and all(t == 1 for t, _, _ in grid)  # two frames, a grid row each (evaluated layout)
+    # The toy processor's saved defaults are another layout and count; they stay as saved.
+    assert (processor.video_processor.video_format, processor.video_processor.num_frames) == ("training", 6)
+    assert load_processor(recipe).video_processor.to_dict() == processor.video_processor.to_dict()
 
 
 @pytest.mark.slow
@@ -325,19 +369,14 @@ def test_resume_continues_the_same_loss_curve(toy, tmp_path):
     from llava_onevision2.training.sft import run
 
     recipe = str(CONFIGS / "toy" / "stage2_instruct.yaml")
-    common = [
-        "training.max_steps=4",
-        "training.save_strategy=steps",
-        "training.save_steps=2",
-        "training.learning_rate=1.0e-3",
-    ]
+    common = ["--max_steps=4", "--save_strategy=steps", "--save_steps=2", "--learning_rate=1.0e-3"]
     straight = run(load_recipe(recipe, stage_overrides(toy, tmp_path / "straight", common)))
     checkpoint = tmp_path / "straight" / "checkpoint-2"
     assert checkpoint.exists() and (checkpoint / "optimizer.pt").exists() and (checkpoint / "rng_state.pth").exists()
     resumed = run(
         load_recipe(
             recipe,
-            stage_overrides(toy, tmp_path / "resumed", common) + [f"training.resume_from_checkpoint={checkpoint}"],
+            stage_overrides(toy, tmp_path / "resumed", common) + [f"--resume_from_checkpoint={checkpoint}"],
         )
     )
     losses = lambda report: [e["loss"] for e in report["log_history"] if "loss" in e]  # noqa: E731
@@ -358,9 +397,7 @@ def test_lora_adapters_merge_into_a_loadable_model(toy, tmp_path):
     output = tmp_path / "lora"
     recipe = load_recipe(
         str(CONFIGS / "stage2_instruct_lora.yaml"),
-        stage_overrides(
-            toy, output, ["training.max_steps=2", "lora.r=4", "lora.alpha=8", "training.learning_rate=1.0e-2"]
-        ),
+        stage_overrides(toy, output, ["--max_steps=2", "--lora_r=4", "--lora_alpha=8", "--learning_rate=1.0e-2"]),
     )
     trainer, processor, _ = prepare(recipe)
     inputs = processor(
@@ -384,9 +421,7 @@ def test_lora_adapters_merge_into_a_loadable_model(toy, tmp_path):
 @pytest.mark.slow
 def test_fsdp2_two_processes_on_cpu_save_a_reloadable_checkpoint(toy, tmp_path):
     output = tmp_path / "fsdp"
-    overrides = stage_overrides(
-        toy, output, ["training.max_steps=2", "training.fsdp=full_shard", "training.use_cpu=true"]
-    )
+    overrides = stage_overrides(toy, output, ["--max_steps=2", "--fsdp=full_shard", "--use_cpu=true"])
     command = [
         sys.executable,
         "-m",
@@ -433,7 +468,7 @@ RELEASED_SOURCES = {
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_recipes_name_the_released_sources(stage):
     recipe = load_recipe(str(CONFIGS / stage), [])
-    sources = [DataSource.from_dict(dict(values)) for values in recipe.data.sources]
+    sources = [DataSource.from_dict(dict(values)) for values in recipe.vision.sources]
     labels = [source.label for source in sources]
     assert len(set(labels)) == len(labels)
     paths = " ".join(source.path for source in sources)

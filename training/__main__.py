@@ -1,4 +1,4 @@
-"""`python -m llava_onevision2.training --config RECIPE.yaml [section.key=value ...]`"""
+"""`python -m llava_onevision2.training --config RECIPE.yaml [--key value ...]`"""
 
 import sys
 

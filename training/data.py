@@ -435,18 +435,34 @@ def assistant_mask_template(processor) -> str | None:
 
 
 def video_budget(processor, budget: Budget, video_backend: str) -> dict:
-    """Video settings of one budget rung. The per-frame pixel bounds apply to sampled frames only: with the codec
-    backend a call-level max_pixels would set the canvas size (the released convention), which comes from the
-    processor's codec block instead."""
-    settings = {"max_frames": budget.max_frames, "video_backend": video_backend}
-    if video_backend != "codec":
+    """Video settings of one budget rung, limited to what the sampler reads: per-frame pixel bounds and a frame cap
+    for the frames sampler; the codec sampler reads neither (a call-level max_pixels would set its canvas size, the
+    released convention, which comes from the processor's codec block instead), so its rungs differ in images only."""
+    sampler = processor.video_processor.sampler_class(video_backend)
+    settings = {"video_backend": video_backend}
+    if "max_frames" not in sampler.unread_settings:
+        settings["max_frames"] = budget.max_frames
+    if sampler.per_frame_pixel_bounds:
         settings["max_pixels"] = budget.video_max_pixels
         settings["min_pixels"] = min(processor.video_processor.min_pixels, budget.video_max_pixels)
     return settings
 
 
-def encode_conversation(processor, messages: list[dict], budget: Budget, video_backend: str) -> dict:
-    """Tokenise one conversation with its media; labels only on assistant tokens (incl. the closing <|im_end|>)."""
+def videos_kwargs_for(processor, videos_kwargs: dict, video_backend: str | None) -> dict:
+    """The stage's video settings with a source's own back-end, if it names one. Settings that back-end does not read
+    (a frame rate or layout with the codec sampler) apply to the stage's other sources and are left out here."""
+    if video_backend is None:
+        return dict(videos_kwargs)
+    unread = processor.video_processor.sampler_class(video_backend).unread_settings
+    return {key: value for key, value in videos_kwargs.items() if key not in unread} | {"video_backend": video_backend}
+
+
+def encode_conversation(processor, messages: list[dict], budget: Budget, processor_kwargs: dict | None = None) -> dict:
+    """Tokenise one conversation with its media; labels only on assistant tokens (incl. the closing <|im_end|>).
+    `processor_kwargs` ({"images_kwargs": ..., "videos_kwargs": ...}) go to every call, under the budget's limits."""
+    processor_kwargs = processor_kwargs or {}
+    videos_kwargs = dict(processor_kwargs.get("videos_kwargs") or {})
+    video_backend = videos_kwargs.get("video_backend", processor.video_processor.video_backend)
     outputs = processor.apply_chat_template(
         messages,
         chat_template=assistant_mask_template(processor),
@@ -457,10 +473,11 @@ def encode_conversation(processor, messages: list[dict], budget: Budget, video_b
         processor_kwargs={
             # A smaller rung of the budget ladder lowers the minimum with the maximum.
             "images_kwargs": {
+                **(processor_kwargs.get("images_kwargs") or {}),
                 "max_pixels": budget.max_pixels,
                 "min_pixels": min(processor.image_processor.min_pixels, budget.max_pixels),
             },
-            "videos_kwargs": video_budget(processor, budget, video_backend),
+            "videos_kwargs": {**videos_kwargs, **video_budget(processor, budget, video_backend)},
         },
     )
     sample = {key: np.asarray(value) for key, value in outputs.items() if key != "assistant_masks"}
@@ -496,15 +513,17 @@ def processed_samples(
     processor,
     max_length: int,
     budgets: list[Budget],
-    video_backend: str = "frames",
+    processor_kwargs: dict | None = None,
     stats: SampleStats | None = None,
     sources: dict[str, DataSource] | None = None,
 ) -> Iterator[dict]:
-    """Model inputs for each usable record, in order; unusable ones are counted in `stats` and skipped. `sources`
-    (by label) gives each record's format, columns, media root and, where the source sets one, its own video
-    back-end. Each sample carries its `sample_id` ("<source>#<index in source>")."""
+    """Model inputs for each usable record, in order; unusable ones are counted in `stats` and skipped.
+    `processor_kwargs` are the stage's processor settings; `sources` (by label) gives each record's format, columns,
+    media root and, where the source sets one, its own video back-end. Each sample carries its `sample_id`
+    ("<source>#<index in source>")."""
     stats = stats if stats is not None else SampleStats()
     sources = sources or {}
+    processor_kwargs = processor_kwargs or {}
     for item in records:
         where = f"record {item.key} of {item.source}" + (f" ({item.where})" if item.where else "")
         source = sources.get(item.source) or DataSource(path=item.source)
@@ -521,7 +540,12 @@ def processed_samples(
         sample, retried = None, False
         for attempt, budget in enumerate(budgets):
             try:
-                encoded = encode_conversation(processor, messages, budget, source.video_backend or video_backend)
+                videos_kwargs = videos_kwargs_for(
+                    processor, processor_kwargs.get("videos_kwargs") or {}, source.video_backend
+                )
+                encoded = encode_conversation(
+                    processor, messages, budget, {**processor_kwargs, "videos_kwargs": videos_kwargs}
+                )
             except (OSError, ValueError) as error:  # unreadable media, bad files, placeholder mismatches
                 stats.drop(f"unreadable sample ({type(error).__name__})", where, str(error)[:200])
                 break
@@ -575,7 +599,7 @@ class TrainingStream:
         processor,
         max_length: int,
         budgets: list[Budget],
-        video_backend: str = "frames",
+        processor_kwargs: dict | None = None,
         seed: int = 0,
         stats_dir: str | None = None,
         record_sample_ids: bool = False,
@@ -585,7 +609,7 @@ class TrainingStream:
         self.processor = processor
         self.max_length = max_length
         self.budgets = budgets
-        self.video_backend = video_backend
+        self.processor_kwargs = dict(processor_kwargs or {})
         self.seed = seed
         self.stats_dir = stats_dir
         self.record_sample_ids = record_sample_ids
@@ -626,7 +650,7 @@ class TrainingStream:
             self.processor,
             self.max_length,
             self.budgets,
-            self.video_backend,
+            self.processor_kwargs,
             stats,
             {source.label: source for source in self.sources},
         )

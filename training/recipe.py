@@ -1,146 +1,210 @@
-"""Stage recipes: one YAML file per stage, with `section.key=value` overrides from the command line.
+"""Stage recipes: TRL's own configuration classes, plus one dataclass for what they have no field for.
 
-stage: stage2_instruct
-model:      # where the weights come from and how to build them
-  name_or_path: outputs/stage1        # previous stage's output (a complete model folder)
-  preset: null                        # or a preset name (random weights), with `config_overrides`
-  processor: outputs/stage1           # processor folder (tokenizer, image/video processors, chat template)
-  dtype: bfloat16
-  attn_implementation: sdpa
-data:
-  root: /data/ov2                     # optional: relative paths below resolve against it
-  sources: [{path: instruct.jsonl, media_root: media, weight: 3.0}, ...]  # all keys: training/README.md
-  max_length: 16384
-  max_pixels: 1605632                 # per image
-  max_frames: 32
-  video_max_pixels: 401408            # per frame
-  video_backend: frames               # or codec
-  video_format: training
-  video_fps: 1.0                      # frames per second (None: the released count-by-duration rule)
-  packing: true
-trainable: [vision, merger, llm]      # parts that learn (ignored with LoRA, which trains its adapters)
-learning_rates: {vision: 2.0e-6, merger: 1.0e-5, llm: 1.0e-5}
-lora: null                            # or {r: 64, alpha: 128, dropout: 0.05, train_merger: true, load_in_4bit: false}
-merge_lora: true                      # also save the adapters merged into the weights
-training: {...}                       # any TRL SFTConfig / TrainingArguments field
+A recipe is a YAML file of flat keys that TRL's `TrlParser` reads into three dataclasses:
+
+- `SFTConfig` (TRL): the trainer's arguments - `output_dir`, `max_steps`, `learning_rate`, `seed`, `fsdp`, ... and
+  `max_length`, the token budget of one sample (the data path lowers frame/pixel budgets to fit it, so truncation
+  never cuts through vision tokens);
+- `ModelConfig` (TRL): where the weights come from and how they are adapted - `model_name_or_path`, `dtype`,
+  `attn_implementation`, `use_peft`, `lora_r`, `lora_alpha`, `lora_target_modules`, `lora_modules_to_save`,
+  `load_in_4bit`, ...; TRL's `get_peft_config` / `get_quantization_config` turn them into PEFT and bitsandbytes
+  configs;
+- `VisionArguments` (below): the data mixture, the visual budgets, per-part learning rates, fresh weights from a
+  preset, and `processor_kwargs`, the one mapping of processor settings passed on every processor call.
+
+`inherit: base.yaml` (a path relative to the file) starts from another recipe; each key the file sets replaces the
+inherited value. The stage files inherit `training/configs/base.yaml` and list only their differences. Command-line
+flags override the file: `--max_steps 100 --data_root /data/ov2 --learning_rates '{merger: 1.0e-4}'` (mappings and
+lists as YAML).
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, fields
 
+import torch
 import yaml
+from trl import ModelConfig, SFTConfig, TrlParser
 
 PARTS = ("vision", "merger", "llm")
+INHERIT = "inherit"
+# Processor call arguments the budget ladder sets itself (they shrink together when a sample is too long).
+BUDGET_KEYS = {
+    "images_kwargs": ("max_pixels", "min_pixels"),
+    "videos_kwargs": ("max_pixels", "min_pixels", "max_frames"),
+}
+
+
+class FromYaml:
+    """Command-line type of the fields that hold a mapping or a list: the flag's text is read as YAML."""
+
+    def __new__(cls, text: str):
+        return yaml.safe_load(text)
 
 
 @dataclass
-class ModelSection:
-    name_or_path: str | None = None
-    preset: str | None = None
-    config_overrides: dict = field(default_factory=dict)
-    processor: str | None = None
-    dtype: str = "bfloat16"
-    attn_implementation: str = "sdpa"
+class VisionArguments:
+    """What a stage needs beyond TRL's `SFTConfig` and `ModelConfig`."""
 
-
-@dataclass
-class DataSection:
-    sources: list = field(default_factory=list)
-    root: str | None = None  # relative source paths and media roots resolve against it
-    max_length: int = 8192
-    max_pixels: int = 1_605_632
-    max_frames: int = 32
-    video_max_pixels: int = 401_408
-    video_backend: str = "frames"
-    video_format: str = "training"
-    video_fps: float | None = 1.0  # the released training frames were extracted at 1 fps (capped by max_frames)
-    packing: bool = False
-    seed: int = 0  # order of the weighted interleaving of sources
-    record_sample_ids: bool = False  # list every used sample's id in <output_dir>/data_stats (audits, tests)
-
-
-@dataclass
-class LoraSection:
-    r: int = 64
-    alpha: int = 128
-    dropout: float = 0.05
-    train_merger: bool = True
-    load_in_4bit: bool = False
-    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-
-
-@dataclass
-class Recipe:
-    stage: str
-    model: ModelSection
-    data: DataSection
-    training: dict
-    trainable: list = field(default_factory=lambda: list(PARTS))
-    learning_rates: dict = field(default_factory=dict)
-    lora: LoraSection | None = None
-    merge_lora: bool = True
+    stage: str = field(default="stage", metadata={"help": "Name of the stage in logs and reports."})
+    preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fresh weights at a preset's shapes ('tiny', '8b', ...; 'custom': config_overrides alone) "
+            "instead of model_name_or_path."
+        },
+    )
+    config_overrides: FromYaml = field(
+        default_factory=dict, metadata={"help": "Configuration keys over the preset's (nested configs merge)."}
+    )
+    processor: str | None = field(
+        default=None, metadata={"help": "Processor folder (tokenizer, image/video processors); default: the model's."}
+    )
+    processor_kwargs: FromYaml = field(
+        default_factory=dict,
+        metadata={
+            "help": "Processor settings for every call, e.g. {videos_kwargs: {video_format: training, fps: 1.0, "
+            "video_backend: codec}}; the budgets below set pixel and frame limits."
+        },
+    )
+    data_root: str | None = field(default=None, metadata={"help": "Relative source paths resolve against it."})
+    sources: FromYaml = field(default_factory=list, metadata={"help": "Data sources (all keys: training/README.md)."})
+    max_pixels: int = field(default=1_605_632, metadata={"help": "Pixels per image (top of the budget ladder)."})
+    max_frames: int = field(default=32, metadata={"help": "Frames per video (top of the budget ladder)."})
+    video_max_pixels: int = field(default=401_408, metadata={"help": "Pixels per frame (top of the budget ladder)."})
+    pack_samples: bool = field(default=False, metadata={"help": "Pack several samples into each row of max_length."})
+    mixture_seed: int = field(default=0, metadata={"help": "Seed of the weighted interleaving of the sources."})
+    record_sample_ids: bool = field(
+        default=False, metadata={"help": "List every used sample's id in <output_dir>/data_stats (audits, tests)."}
+    )
+    trainable: list[str] = field(
+        default_factory=lambda: list(PARTS), metadata={"help": "Parts that learn (with LoRA: the adapters instead)."}
+    )
+    learning_rates: FromYaml = field(
+        default_factory=dict, metadata={"help": "Learning rate per part, e.g. {vision: 2.0e-6, merger: 1.0e-5}."}
+    )
+    merge_lora: bool = field(default=True, metadata={"help": "With LoRA, also save merged weights under merged/."})
 
     def __post_init__(self):
+        for name in ("config_overrides", "processor_kwargs", "learning_rates"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}.")
+        if not isinstance(self.sources, list) or not self.sources:
+            raise ValueError(f"Stage {self.stage!r} lists no data sources (sources).")
         unknown = set(self.trainable) - set(PARTS)
         if unknown:
             raise ValueError(f"trainable parts must be among {PARTS}, got {sorted(unknown)}.")
         unknown = set(self.learning_rates) - set(PARTS)
         if unknown:
             raise ValueError(f"learning_rates keys must be among {PARTS}, got {sorted(unknown)}.")
-        if not self.data.sources:
-            raise ValueError(f"Stage {self.stage!r} lists no data sources (data.sources).")
-        if self.model.name_or_path is None and self.model.preset is None:
-            raise ValueError("Set model.name_or_path (a checkpoint folder) or model.preset.")
-        if self.model.processor is None and self.model.name_or_path is None:
-            raise ValueError("Set model.processor when building the model from a preset.")
-        if "output_dir" not in self.training:
-            raise ValueError("training.output_dir is required.")
+        check_processor_kwargs(self.processor_kwargs)
 
 
-def apply_override(values: dict, assignment: str) -> None:
-    """`a.b.c=value` -> values["a"]["b"]["c"] = yaml(value)."""
-    if "=" not in assignment:
-        raise ValueError(f"Overrides look like section.key=value, got {assignment!r}.")
-    dotted, raw = assignment.split("=", 1)
-    keys = dotted.split(".")
-    target = values
-    for key in keys[:-1]:
-        target = target.setdefault(key, {})
-        if not isinstance(target, dict):
-            raise ValueError(f"Cannot override {dotted!r}: {key!r} is not a section.")
-    target[keys[-1]] = yaml.safe_load(raw)
-
-
-def section(cls, values: dict | None, name: str):
-    values = values or {}
-    known = set(cls.__dataclass_fields__)
-    unknown = set(values) - known
+def check_processor_kwargs(processor_kwargs: dict) -> None:
+    """Only image and video settings, and none that the budget ladder sets (which would silently win)."""
+    unknown = set(processor_kwargs) - set(BUDGET_KEYS)
     if unknown:
-        raise ValueError(f"Unknown keys in {name}: {sorted(unknown)} (known: {sorted(known)}).")
-    return cls(**values)
+        raise ValueError(f"processor_kwargs takes {sorted(BUDGET_KEYS)}, got {sorted(unknown)}.")
+    for group, keys in BUDGET_KEYS.items():
+        taken = sorted(set(processor_kwargs.get(group) or {}) & set(keys))
+        if taken:
+            raise ValueError(
+                f"processor_kwargs.{group} sets {taken}, which the budget ladder controls; use max_pixels, "
+                "video_max_pixels and max_frames instead."
+            )
 
 
-def load_recipe(path: str, overrides: list[str] = ()) -> Recipe:
+@dataclass
+class Recipe:
+    """One stage: the vision settings, TRL's trainer arguments and TRL's model arguments."""
+
+    vision: VisionArguments
+    sft: SFTConfig
+    model: ModelConfig
+
+    def __post_init__(self):
+        # An empty model_name_or_path (`--model_name_or_path=`) unsets an inherited one.
+        self.model.model_name_or_path = self.model.model_name_or_path or None
+        if (self.model.model_name_or_path is None) == (self.vision.preset is None):
+            raise ValueError(
+                "Set one of model_name_or_path (a checkpoint folder) or preset (fresh weights), got "
+                f"{self.model.model_name_or_path!r} and {self.vision.preset!r}."
+            )
+        if self.vision.processor is None and self.model.model_name_or_path is None:
+            raise ValueError("Set processor when building the model from a preset.")
+
+    @property
+    def stage(self) -> str:
+        return self.vision.stage
+
+    @property
+    def processor_path(self) -> str:
+        return self.vision.processor or self.model.model_name_or_path
+
+
+def read_recipe_file(path: str, seen: tuple[str, ...] = ()) -> dict:
+    """The keys of a recipe file, after resolving its `inherit:` chain (the file's own keys win)."""
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ValueError(f"Recipe inheritance loops: {' -> '.join((*seen, path))}.")
     with open(path) as handle:
         values = yaml.safe_load(handle) or {}
-    values = copy.deepcopy(values)
-    for assignment in overrides:
-        apply_override(values, assignment)
-    unknown = set(values) - {"stage", "model", "data", "training", "trainable", "learning_rates", "lora", "merge_lora"}
+    if not isinstance(values, dict):
+        raise ValueError(f"Recipe {path} must be a YAML mapping.")
+    parent = values.pop(INHERIT, None)
+    if parent is None:
+        return values
+    return {**read_recipe_file(os.path.join(os.path.dirname(path), parent), (*seen, path)), **values}
+
+
+def apply_hardware_defaults(values: dict) -> None:
+    """Defaults that depend on the machine, where the recipe leaves them open: TRL's bf16 mixed precision needs a GPU
+    that supports it, and pinning memory without a GPU only warns."""
+    cuda = torch.cuda.is_available()
+    values.setdefault("bf16", cuda and torch.cuda.is_bf16_supported())
+    values.setdefault("dataloader_pin_memory", cuda)
+
+
+def use_current_checkpointing_names(values: dict) -> None:
+    """Spell activation checkpointing with transformers' current names. TRL's configs default the deprecated
+    `gradient_checkpointing` to True; a recipe may use either spelling, both map onto `activation_checkpointing*`
+    (on when neither is given, TRL's default), and the old names are left unset."""
+    for old, new, default in (
+        ("gradient_checkpointing", "activation_checkpointing", True),
+        ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs", None),
+    ):
+        given_old, given_new = values.pop(old, None), values.get(new)
+        if given_old is not None and given_new is not None and given_old != given_new:
+            raise ValueError(f"{old}={given_old!r} contradicts {new}={given_new!r}; set one.")
+        values[new] = next((value for value in (given_new, given_old) if value is not None), default)
+        values[old] = None
+
+
+def recipe_parser() -> TrlParser:
+    return TrlParser((VisionArguments, SFTConfig, ModelConfig))
+
+
+def load_recipe(path: str, flags: list[str] = ()) -> Recipe:
+    """The recipe in `path` (with its inherited files), then command-line `flags` (`--max_steps 10 ...`)."""
+    values = read_recipe_file(path)
+    for key, value in (values.pop("env", None) or {}).items():
+        os.environ[key] = str(value)
+    if "output_dir" not in values and "--output_dir" not in flags:
+        raise ValueError(f"{path}: output_dir is required.")
+    values.setdefault("stage", os.path.splitext(os.path.basename(path))[0])
+    apply_hardware_defaults(values)
+    use_current_checkpointing_names(values)
+    parser = recipe_parser()
+    unknown = parser.set_defaults_with_config(**values)
     if unknown:
-        raise ValueError(f"Unknown sections in {path}: {sorted(unknown)}.")
-    return Recipe(
-        stage=values.get("stage", path),
-        model=section(ModelSection, values.get("model"), "model"),
-        data=section(DataSection, values.get("data"), "data"),
-        training=dict(values.get("training") or {}),
-        trainable=list(values.get("trainable", PARTS)),
-        learning_rates=dict(values.get("learning_rates") or {}),
-        lora=section(LoraSection, values["lora"], "lora") if values.get("lora") else None,
-        merge_lora=values.get("merge_lora", True),
-    )
+        known = sorted(f.name for cls in (VisionArguments, SFTConfig, ModelConfig) for f in fields(cls))
+        raise ValueError(
+            f"Unknown keys in {path}: {unknown}. Keys are fields of VisionArguments, trl.SFTConfig or trl.ModelConfig "
+            f"({len(known)} in all, e.g. {', '.join(known[:5])}, ...)."
+        )
+    vision, sft, model = parser.parse_args_into_dataclasses(args=list(flags))
+    return Recipe(vision=vision, sft=sft, model=model)
 
 
-__all__ = ["DataSection", "LoraSection", "ModelSection", "PARTS", "Recipe", "apply_override", "load_recipe"]
+__all__ = ["PARTS", "Recipe", "VisionArguments", "check_processor_kwargs", "load_recipe", "read_recipe_file"]

@@ -1,13 +1,13 @@
 """Train one stage of the LLaVA-OneVision-2 curriculum with TRL's SFTTrainer.
 
-    python -m llava_onevision2.training --config training/configs/stage2_instruct.yaml training.max_steps=100
+    python -m llava_onevision2.training --config training/configs/stage2_instruct.yaml --max_steps 100
     accelerate launch --config_file training/accelerate/fsdp2_single_node.yaml \\
         -m llava_onevision2.training --config training/configs/stage2_instruct.yaml
 
-The recipe (see `recipe.py`) names the data mixture, the parts that learn and their learning rates, the sequence,
-frame and pixel budgets, and the TRL / Trainer arguments. Checkpoints are complete model folders (weights, config,
-remote code, processor) that `from_pretrained` loads; `training.resume_from_checkpoint` continues a run exactly
-(optimizer, scheduler, RNG and data position).
+The recipe (see `recipe.py`: TRL's SFTConfig and ModelConfig plus VisionArguments) names the data mixture, the parts
+that learn and their learning rates, the sequence, frame and pixel budgets, and the trainer's arguments. Checkpoints
+are complete model folders (weights, config, remote code, processor) that `from_pretrained` loads;
+`--resume_from_checkpoint` continues a run exactly (optimizer, scheduler, RNG and data position).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 
 import torch
 from transformers import AutoProcessor, set_seed
-from trl import SFTConfig, SFTTrainer
+from trl import SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
 
 from ..modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
 from .collator import MultimodalCollator
@@ -83,88 +83,83 @@ class StageTrainer(SFTTrainer):
 
 
 def load_processor(recipe: Recipe):
-    path = recipe.model.processor or recipe.model.name_or_path
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-    processor.video_processor.video_format = recipe.data.video_format
-    processor.video_processor.fps = recipe.data.video_fps
-    return processor
+    """The stage's processor as saved; the recipe's `processor_kwargs` travel with every call instead of changing it,
+    so checkpoints keep the processor's own defaults."""
+    return AutoProcessor.from_pretrained(recipe.processor_path, trust_remote_code=True)
 
 
 def build_model(recipe: Recipe, processor):
     """The stage's starting weights: a checkpoint folder, or a preset with fresh weights sized to the tokenizer."""
-    dtype = getattr(torch, recipe.model.dtype)
-    quantization = None
-    if recipe.lora is not None and recipe.lora.load_in_4bit:
-        quantization = four_bit_quantization()
-    if recipe.model.name_or_path:
+    # "auto": the checkpoint's own dtype (fresh weights: float32).
+    dtype = "auto" if recipe.model.dtype in (None, "auto") else getattr(torch, recipe.model.dtype)
+    if recipe.model.model_name_or_path:
         return LlavaOnevision2ForConditionalGeneration.from_pretrained(
-            recipe.model.name_or_path,
+            recipe.model.model_name_or_path,
+            revision=recipe.model.model_revision,
             dtype=dtype,
             attn_implementation=recipe.model.attn_implementation,
-            quantization_config=quantization,
+            quantization_config=quantization_config(recipe),
         )
     tokenizer = processor.tokenizer
-    if recipe.model.preset in (None, "custom"):
-        config = LlavaOnevision2Config(**recipe.model.config_overrides)
-    else:
-        config = LlavaOnevision2Config.from_preset(recipe.model.preset, **recipe.model.config_overrides)
-    config.image_token_id, config.video_token_id = processor.image_token_id, processor.video_token_id
-    config.vision_start_token_id = processor.vision_start_token_id
-    config.vision_end_token_id = processor.vision_end_token_id
-    config.text_config.vocab_size = max(config.text_config.vocab_size, len(tokenizer))
-    config.pad_token_id = config.text_config.pad_token_id = tokenizer.pad_token_id
-    config.eos_token_id = config.text_config.eos_token_id = tokenizer.eos_token_id
+    config = fresh_model_config(recipe.vision.preset, recipe.vision.config_overrides, processor)
     model = LlavaOnevision2ForConditionalGeneration._from_config(
-        config, dtype=dtype, attn_implementation=recipe.model.attn_implementation
+        config, dtype=torch.float32 if dtype == "auto" else dtype, attn_implementation=recipe.model.attn_implementation
     )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
 
 
-def four_bit_quantization():
+def fresh_model_config(preset: str, overrides: dict, processor) -> LlavaOnevision2Config:
+    """A preset's configuration (with `overrides`) sized to the processor's tokenizer and using its token ids."""
+    tokenizer = processor.tokenizer
+    config = LlavaOnevision2Config.from_preset(preset, **overrides)
+    config.image_token_id, config.video_token_id = processor.image_token_id, processor.video_token_id
+    config.vision_start_token_id = processor.vision_start_token_id
+    config.vision_end_token_id = processor.vision_end_token_id
+    config.text_config.vocab_size = max(config.text_config.vocab_size, len(tokenizer))
+    config.pad_token_id = config.text_config.pad_token_id = tokenizer.pad_token_id
+    config.eos_token_id = config.text_config.eos_token_id = tokenizer.eos_token_id
+    return config
+
+
+def quantization_config(recipe: Recipe):
+    """TRL's bitsandbytes config for `load_in_4bit` / `load_in_8bit`, after checking this machine can run it."""
+    if not (recipe.model.load_in_4bit or recipe.model.load_in_8bit):
+        return None
     try:
         import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
     except ImportError as error:
-        raise ValueError("lora.load_in_4bit (QLoRA) needs the bitsandbytes package and a CUDA GPU.") from error
+        raise ValueError(
+            "load_in_4bit / load_in_8bit (QLoRA) needs the bitsandbytes package and a CUDA GPU."
+        ) from error
     if not torch.cuda.is_available():
-        raise ValueError("lora.load_in_4bit (QLoRA) needs a CUDA GPU; none is visible.")
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-
-
-def lora_config(recipe: Recipe):
-    if recipe.lora is None:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=recipe.lora.r,
-        lora_alpha=recipe.lora.alpha,
-        lora_dropout=recipe.lora.dropout,
-        target_modules=recipe.lora.target_modules,  # the language model only: the vision tower stays frozen
-        modules_to_save=["merger"] if recipe.lora.train_merger else None,
-        task_type="CAUSAL_LM",
-    )
+        raise ValueError("load_in_4bit / load_in_8bit (QLoRA) needs a CUDA GPU; none is visible.")
+    return get_quantization_config(recipe.model)
 
 
 def resolve_sources(recipe: Recipe) -> list[DataSource]:
     """The stage's data sources, with relative paths under `data.root` (a Hub id stays a Hub id unless a folder of
     that name exists there)."""
     sources = []
-    for values in recipe.data.sources:
+    root = recipe.vision.data_root
+    for values in recipe.vision.sources:
         source = DataSource.from_dict(dict(values))
-        if recipe.data.root:
-            local = os.path.join(recipe.data.root, source.path)
+        if root:
+            local = os.path.join(root, source.path)
             if os.path.exists(local) or not HUB_ID.match(source.path):
                 source.path = local
             if source.media_root:
-                source.media_root = os.path.join(recipe.data.root, source.media_root)
+                source.media_root = os.path.join(root, source.media_root)
         sources.append(source)
     return sources
 
 
-def check_sources(sources: list[DataSource], processor) -> None:
+def recipe_videos_kwargs(processor_kwargs: dict) -> dict:
+    return processor_kwargs.get("videos_kwargs") or {}
+
+
+def check_sources(sources: list[DataSource], processor, processor_kwargs: dict) -> None:
     """Distinct labels (drop reports and sample ids name records by them) and valid per-source video back-ends."""
     labels = [source.label for source in sources]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
@@ -173,7 +168,12 @@ def check_sources(sources: list[DataSource], processor) -> None:
             f"Data sources share the name(s) {repeated}; give each a distinct `name` (e.g. one file listed per "
             "backend, or two subsets of one Hub dataset)."
         )
-    backends = processor.video_processor.video_backends
+    backends = processor.video_processor.video_samplers
+    stage_backend = (recipe_videos_kwargs(processor_kwargs) or {}).get("video_backend")
+    if stage_backend is not None and stage_backend not in backends:
+        raise ValueError(
+            f"processor_kwargs.videos_kwargs.video_backend {stage_backend!r} is not one of {sorted(backends)}."
+        )
     for source in sources:
         if source.video_backend is not None and source.video_backend not in backends:
             raise ValueError(
@@ -183,21 +183,22 @@ def check_sources(sources: list[DataSource], processor) -> None:
 
 
 def data_stats_dir(recipe: Recipe) -> str:
-    return os.path.join(recipe.training.get("output_dir", "."), "data_stats")
+    return os.path.join(recipe.sft.output_dir, "data_stats")
 
 
 def training_dataset(recipe: Recipe, processor) -> TrainingStream:
     sources = resolve_sources(recipe)
-    check_sources(sources, processor)
+    vision = recipe.vision
+    check_sources(sources, processor, vision.processor_kwargs)
     return TrainingStream(
         sources,
         processor,
-        recipe.data.max_length,
-        budget_ladder(recipe.data.max_pixels, recipe.data.max_frames, recipe.data.video_max_pixels),
-        recipe.data.video_backend,
-        seed=recipe.data.seed,
+        recipe.sft.max_length,
+        budget_ladder(vision.max_pixels, vision.max_frames, vision.video_max_pixels),
+        vision.processor_kwargs,
+        seed=vision.mixture_seed,
         stats_dir=data_stats_dir(recipe),
-        record_sample_ids=recipe.data.record_sample_ids,
+        record_sample_ids=vision.record_sample_ids,
     )
 
 
@@ -220,50 +221,30 @@ def all_ranks_stats(stats_dir: str) -> SampleStats:
     return total
 
 
-def sft_config(recipe: Recipe) -> SFTConfig:
-    values = dict(recipe.training)
-    values.setdefault("remove_unused_columns", False)  # the collator needs every processed key
-    values.setdefault("dataset_kwargs", {"skip_prepare_dataset": True})
-    values.setdefault("max_length", None)  # truncation is the data path's job (never through vision tokens)
-    values.setdefault("report_to", "none")
-    # TRL defaults to bf16 mixed precision, which needs a GPU that supports it.
-    values.setdefault("bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    values.setdefault("dataloader_pin_memory", torch.cuda.is_available())  # pinning without a GPU only warns
-    values.pop("resume_from_checkpoint", None)
-    values["accelerator_config"] = stream_accelerator_config(values.get("accelerator_config"))
-    use_current_checkpointing_names(values)
-    return SFTConfig(**values)
-
-
-def stream_accelerator_config(given: dict | None) -> dict:
-    """The training stream is dealt out by rank and worker (see `TrainingStream`); accelerate must neither dispatch
-    batches from rank 0 (which would read only rank 0's share) nor split each batch between ranks."""
-    config = dict(given or {})
-    for key in ("dispatch_batches", "split_batches"):
-        if config.get(key):
-            raise ValueError(
-                f"training.accelerator_config.{key}=true does not work with the training stream, which gives each "
-                "rank and DataLoader worker its own share of the records; leave it unset."
-            )
-        config[key] = False
-    return config
-
-
-def use_current_checkpointing_names(values: dict) -> None:
-    """Spell activation checkpointing with transformers' current names.
-
-    TRL's configs default the deprecated `gradient_checkpointing` to True, so every SFTConfig built without the new
-    name warns. A recipe may use either spelling; both are mapped onto `activation_checkpointing*` (TRL's default,
-    on, when neither is given), and the old names are left unset."""
-    for old, new, default in (
-        ("gradient_checkpointing", "activation_checkpointing", True),
-        ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs", None),
-    ):
-        given_old, given_new = values.pop(old, None), values.get(new)
-        if given_old is not None and given_new is not None and given_old != given_new:
-            raise ValueError(f"training.{old}={given_old!r} contradicts training.{new}={given_new!r}; set one.")
-        values[new] = next((value for value in (given_new, given_old) if value is not None), default)
-        values[old] = None
+def check_trainer_settings(args: SFTConfig) -> None:
+    """What the data path needs from the trainer (training/configs/base.yaml sets it): every processed key reaches
+    the collator, samples arrive tokenised and within max_length, and accelerate neither dispatches batches from rank
+    0 (which would read only rank 0's share of the stream) nor splits each batch between ranks."""
+    needs = {
+        "remove_unused_columns": (args.remove_unused_columns is False, "false"),
+        "dataset_kwargs": (
+            (args.dataset_kwargs or {}).get("skip_prepare_dataset") is True,
+            "{skip_prepare_dataset: true}",
+        ),
+        "max_length": (args.max_length is not None, "a token count"),
+        "packing": (not args.packing, "false (use pack_samples: TRL's packing replaces the collator)"),
+        "accelerator_config": (
+            args.accelerator_config.dispatch_batches is False and args.accelerator_config.split_batches is False,
+            "{dispatch_batches: false, split_batches: false}",
+        ),
+    }
+    wrong = [f"{name}: {wanted}" for name, (ok, wanted) in needs.items() if not ok]
+    if wrong:
+        raise ValueError(
+            "The recipe's trainer settings do not fit the training stream; set "
+            + "; ".join(wrong)
+            + " (training/configs/base.yaml has them: inherit it)."
+        )
 
 
 def enable_fsdp_on_cpu(trainer) -> None:
@@ -295,7 +276,7 @@ def save_outputs(trainer, processor, recipe: Recipe, output_dir: str) -> None:
     if not trainer.accelerator.is_main_process:
         return
     processor.save_pretrained(output_dir)
-    if recipe.lora is not None and recipe.merge_lora:
+    if recipe.model.use_peft and recipe.vision.merge_lora:
         merged_dir = os.path.join(output_dir, "merged")
         merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         merged.save_pretrained(merged_dir)
@@ -306,26 +287,27 @@ def prepare(recipe: Recipe, model=None, processor=None):
     """Trainer (ready to `train()`), processor and the `SampleStats` of this process's data reading (without
     DataLoader workers; with them, `run` adds up every reader's counts) of a stage; the model's trainable parts are
     set."""
+    check_trainer_settings(recipe.sft)
     processor = processor or load_processor(recipe)
-    set_seed(recipe.training.get("seed", 42))  # fresh weights are part of the run: same seed, same start
+    set_seed(recipe.sft.seed)  # fresh weights are part of the run: same seed, same start
     model = model or build_model(recipe, processor)
     model.config.use_cache = False
-    if recipe.lora is None:
-        counts = set_trainable(model, recipe.trainable)
+    if not recipe.model.use_peft:
+        counts = set_trainable(model, recipe.vision.trainable)
         logger.info("Stage %s trains %s", recipe.stage, {k: f"{v:,}" for k, v in counts.items() if v})
     stream = training_dataset(recipe, processor)
     trainer = StageTrainer(
         model=model,
-        args=sft_config(recipe),
+        args=recipe.sft,
         train_dataset=stream.as_dataset(),
         data_collator=MultimodalCollator(
-            processor.tokenizer.pad_token_id, packing=recipe.data.packing, max_length=recipe.data.max_length
+            processor.tokenizer.pad_token_id, packing=recipe.vision.pack_samples, max_length=recipe.sft.max_length
         ),
         processing_class=processor,
-        peft_config=lora_config(recipe),
-        learning_rates=recipe.learning_rates,
+        peft_config=get_peft_config(recipe.model),
+        learning_rates=recipe.vision.learning_rates,
     )
-    if recipe.training.get("fsdp") and not torch.cuda.is_available():
+    if recipe.sft.fsdp and not torch.cuda.is_available():
         enable_fsdp_on_cpu(trainer)
     stream.reset_stats()  # SFTTrainer reads one sample to inspect the data; training starts from zero
     return trainer, processor, stream.stats
@@ -336,7 +318,7 @@ def run(recipe: Recipe) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     trainer, processor, _ = prepare(recipe)
-    result = trainer.train(resume_from_checkpoint=recipe.training.get("resume_from_checkpoint"))
+    result = trainer.train(resume_from_checkpoint=recipe.sft.resume_from_checkpoint)
     output_dir = trainer.args.output_dir
     save_outputs(trainer, processor, recipe, output_dir)
     stats = all_ranks_stats(data_stats_dir(recipe))
@@ -362,13 +344,22 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:
         print(__doc__)
-        print("usage: python -m llava_onevision2.training --config RECIPE.yaml [section.key=value ...]")
+        print("usage: python -m llava_onevision2.training --config RECIPE.yaml [--key value ...]")
         return 2
     position = argv.index("--config")
     config_path = argv[position + 1]
-    overrides = argv[:position] + argv[position + 2 :]
-    run(load_recipe(config_path, overrides))
+    flags = argv[:position] + argv[position + 2 :]
+    run(load_recipe(config_path, flags))
     return 0
 
 
-__all__ = ["StageTrainer", "build_model", "main", "model_part", "prepare", "run", "set_trainable"]
+__all__ = [
+    "StageTrainer",
+    "build_model",
+    "fresh_model_config",
+    "main",
+    "model_part",
+    "prepare",
+    "run",
+    "set_trainable",
+]

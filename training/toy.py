@@ -23,9 +23,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import torch
 from PIL import Image, ImageDraw
+
+from .synthetic_video import encode_frames
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -94,16 +95,7 @@ def draw_shape(
 
 def write_video(path: str, frames: list[Image.Image], rate: int, keyframe_interval: int | None = None) -> None:
     """H.264 MP4 of `frames` at `rate` frames per second (`keyframe_interval`: None keeps the encoder's default)."""
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width = stream.height = SIZE
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18"} | ({"g": str(keyframe_interval)} if keyframe_interval else {})
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_image(image)):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    encode_frames(frames, path, rate=rate, keyframe_interval=keyframe_interval, options={"crf": "18"})
 
 
 def straight_path(direction: str, steps: int, step: int, rng: random.Random) -> list[tuple[float, float]]:
@@ -268,26 +260,13 @@ def build_toy_processor(output_dir: str | None = None):
 
 
 def toy_model_config(processor):
-    """The toy model's configuration (shapes from the toy stage-0 recipe), with the processor's token ids."""
-    import yaml
+    """The toy model's configuration (the toy stage-0 recipe's preset and overrides), with the processor's token
+    ids."""
+    from .recipe import read_recipe_file
+    from .sft import fresh_model_config
 
-    from ..modeling import LlavaOnevision2Config
-
-    recipe = yaml.safe_load((CONFIGS / "stage0_alignment.yaml").read_text())
-    values = json.loads(json.dumps(recipe["model"]["config_overrides"]))
-    tokenizer = processor.tokenizer
-    values["text_config"].update(
-        vocab_size=max(values["text_config"]["vocab_size"], len(tokenizer)),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return LlavaOnevision2Config(
-        **values,
-        image_token_id=processor.image_token_id,
-        video_token_id=processor.video_token_id,
-        vision_start_token_id=processor.vision_start_token_id,
-        vision_end_token_id=processor.vision_end_token_id,
-    )
+    recipe = read_recipe_file(str(CONFIGS / "stage0_alignment.yaml"))
+    return fresh_model_config(recipe["preset"], recipe["config_overrides"], processor)
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------------
@@ -429,12 +408,12 @@ def run_curriculum(output: str, images: int = 600, videos: int = 1800, seed: int
     reports = {}
     for stage in TOY_STAGES:
         overrides = [
-            f"training.output_dir={output_path / stage}",
-            f"model.processor={output_path / 'processor'}",
-            f"data.root={data_root}",
+            f"--output_dir={output_path / stage}",
+            f"--processor={output_path / 'processor'}",
+            f"--data_root={data_root}",
         ]
         if previous is not None:
-            overrides.append(f"model.name_or_path={previous}")
+            overrides.append(f"--model_name_or_path={previous}")
         command = [
             sys.executable,
             "-m",
