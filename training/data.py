@@ -538,14 +538,11 @@ def processed_samples(
             check_not_systematic(stats)
             continue
         sample, retried = None, False
+        videos_kwargs = videos_kwargs_for(processor, processor_kwargs.get("videos_kwargs") or {}, source.video_backend)
+        call_kwargs = {**processor_kwargs, "videos_kwargs": videos_kwargs}
         for attempt, budget in enumerate(budgets):
             try:
-                videos_kwargs = videos_kwargs_for(
-                    processor, processor_kwargs.get("videos_kwargs") or {}, source.video_backend
-                )
-                encoded = encode_conversation(
-                    processor, messages, budget, {**processor_kwargs, "videos_kwargs": videos_kwargs}
-                )
+                encoded = encode_conversation(processor, messages, budget, call_kwargs)
             except (OSError, ValueError) as error:  # unreadable media, bad files, placeholder mismatches
                 stats.drop(f"unreadable sample ({type(error).__name__})", where, str(error)[:200])
                 break

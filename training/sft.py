@@ -139,7 +139,7 @@ def quantization_config(recipe: Recipe):
 
 
 def resolve_sources(recipe: Recipe) -> list[DataSource]:
-    """The stage's data sources, with relative paths under `data.root` (a Hub id stays a Hub id unless a folder of
+    """The stage's data sources, with relative paths under `data_root` (a Hub id stays a Hub id unless a folder of
     that name exists there)."""
     sources = []
     root = recipe.vision.data_root

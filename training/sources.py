@@ -1,6 +1,6 @@
 """Where training records come from: local files in every format the released datasets use, and Hub datasets.
 
-A data source is one entry of a stage's `data.sources` list. Its `path` is one of:
+A data source is one entry of a stage's `sources` list. Its `path` is one of:
 
 - a `.json` / `.jsonl` file, or a folder of them (read here, record by record, so a malformed line is counted as a bad
   sample instead of failing the load);
@@ -45,7 +45,7 @@ class DataSource:
     weight: float = 1.0
     streaming: bool | None = None  # None: JSON in memory, table files and tar shards from disk, Hub downloaded
     name: str | None = None  # needed when one path is listed twice (e.g. once per video_backend)
-    video_backend: str | None = None  # None: the stage's data.video_backend
+    video_backend: str | None = None  # None: the stage's processor_kwargs.videos_kwargs.video_backend
     subset: str | None = None  # Hub dataset config name
     split: str = "train"
     revision: str | None = None
