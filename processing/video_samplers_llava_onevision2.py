@@ -202,6 +202,9 @@ class CodecSampler(VideoSampler):
         "pad_to_even_frames",
         "video_format",
         "temporal_positions",
+        "do_sample_frames",
+        "do_resize",
+        "resample",
     )
 
     def sample(self, video, metadata, settings: dict, name: str) -> SampledVideo:

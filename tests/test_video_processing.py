@@ -282,5 +282,7 @@ def test_codec_refuses_frame_settings_it_would_ignore():
         LlavaOnevision2VideoProcessor(**SMALL)(
             encode_video(num_frames=12), video_backend="codec", fps=1.0, num_frames=4
         )
+    with pytest.raises(ValueError, match=r"video_backend='codec' does not read \['do_resize'\]"):
+        LlavaOnevision2VideoProcessor(**SMALL)(encode_video(num_frames=12), video_backend="codec", do_resize=False)
     with pytest.raises(ValueError, match=r"video_backend='frames' does not read \['codec_config'\]"):
         LlavaOnevision2VideoProcessor(**SMALL)(encode_video(num_frames=12), codec_config={"target_canvas": 4})
