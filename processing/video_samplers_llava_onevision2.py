@@ -48,7 +48,6 @@ class LlavaOnevision2VideoMetadata(VideoMetadata):
     frame_timestamps: list[float] | None = None
     grid_rows: int = 1
     video_format: str | None = "evaluated"  # the frames' layout; None for samplers with a fixed one (codec)
-    codec_runs: list[tuple[float, int]] | None = None  # codec back-end: (seconds, tokens) per run of one frame
     codec_report: dict | None = None
     codec: str | None = None
     source: str | None = None
@@ -231,7 +230,6 @@ class CodecSampler(VideoSampler):
             video_format=None,
             codec=sample.report["codec"],
             source=sample.report["source"],
-            codec_runs=runs,
             codec_report=sample.report,
         )
         return SampledVideo(

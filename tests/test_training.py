@@ -346,6 +346,12 @@ def test_recipe_settings_that_would_be_ignored_fail_loudly(toy, tmp_path):
         recipe_with_flags(toy, tmp_path, lora_rank=8)
     with pytest.raises(ValueError, match="Set one of model_name_or_path"):
         load_recipe(str(CONFIGS / "stage2_instruct.yaml"), [*stage_overrides(toy, tmp_path), "--model_name_or_path=x"])
+    # output_dir may come from the command line alone, in either spelling of the flag.
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(f"inherit: {CONFIGS / 'toy' / 'base.yaml'}\n")
+    assert load_recipe(str(bare), stage_overrides(toy, tmp_path)).sft.output_dir == str(tmp_path)
+    with pytest.raises(ValueError, match="output_dir is required"):
+        load_recipe(str(bare), [flag for flag in stage_overrides(toy, tmp_path) if "output_dir" not in flag])
     recipe = recipe_with_flags(toy, tmp_path, remove_unused_columns=True)
     with pytest.raises(ValueError, match="remove_unused_columns: false"):
         prepare(recipe)

@@ -190,7 +190,8 @@ def load_recipe(path: str, flags: list[str] = ()) -> Recipe:
     values = read_recipe_file(path)
     for key, value in (values.pop("env", None) or {}).items():
         os.environ[key] = str(value)
-    if "output_dir" not in values and "--output_dir" not in flags:
+    given = {flag[2:].split("=", 1)[0].replace("-", "_") for flag in flags if flag.startswith("--")}
+    if "output_dir" not in values and "output_dir" not in given:
         raise ValueError(f"{path}: output_dir is required.")
     values.setdefault("stage", os.path.splitext(os.path.basename(path))[0])
     apply_hardware_defaults(values)
