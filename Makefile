@@ -25,7 +25,7 @@ test: install
 demo: install
 	$(PY) -m llava_onevision2.demo --output demo_output $(if $(MODEL),--model $(MODEL)) $(if $(VIDEO),--video $(VIDEO)) $(if $(QUESTION),--question "$(QUESTION)")
 
-# Rebuild the demo's shipped toy model with the toy curriculum (about 7 minutes on 2 CPU cores).
+# Rebuild the demo's shipped toy model with the toy curriculum (about 11 minutes on 2 CPU cores).
 toy-model: install
 	$(PY) -m llava_onevision2.training.toy ship --output runs/toy --into demo/toy_model
 

@@ -28,9 +28,13 @@ def test_shipped_toy_model_is_small_and_complete():
     assert size < 8 * 1024**2
 
 
-# What the shipped toy model reaches on held-out data (80% colour, 92% / 97% motion, 91% vs 28% on brief events), a
-# few points below each. The issue's bar, 95% colour and 90% motion in both views, is not met yet: colour (see README).
-BAR = {"colour": 0.75, "motion_frames": 0.88, "motion_codec": 0.9, "codec_lead_on_brief_events": 0.5}
+# The bar the shipped toy model must clear on held-out data: 95% colour, 90% motion with uniform frames and with codec
+# sampling, and on brief events codec sampling at least 50 points ahead of uniform frames at the same tokens. (Shipped:
+# 99% colour, 99% / 98% motion, 86% vs 28% on brief events.)
+BAR = {"colour": 0.95, "motion_frames": 0.9, "motion_codec": 0.9, "codec_lead_on_brief_events": 0.5}
+# How far a fresh build may land from the shipped model's stored results. Builds differ (see the fresh-build test);
+# fresh builds of the current curriculum landed within 0.04 of the shipped one.
+FRESH_BUILD_TOLERANCE = 0.15
 
 
 def meets_the_bar(accuracy: dict) -> None:
@@ -107,20 +111,22 @@ def test_demo_names_a_missing_model_or_video(tmp_path):
 
 @pytest.mark.slow
 def test_a_fresh_build_of_the_toy_curriculum_learns_and_the_shipped_results_reproduce(tmp_path):
-    """`make toy-model` from scratch (about 10 minutes on 2 cores).
+    """`make toy-model` from scratch (about 11 minutes on 2 cores) lands near the shipped model, and the shipped
+    weights reproduce their own stored results on the regenerated held-out data (same seed, same clips).
 
-    Two builds do not give equal weights: runs that agree to four digits for 300 steps part where the loss leaves its
-    plateau, and the final models differ (one fresh build reached 99% frame-view motion where the shipped one has
-    64%, another 38%). So the fresh build is held only to what every build so far reached (colour far above its 17%
-    chance, motion above its 25% chance in at least one view), and the shipped weights to their own stored results on
-    the regenerated held-out data (same seed, same clips)."""
+    Two builds do not give equal weights, even on one machine: runs that agree to four digits for hundreds of steps
+    part where the motion loss leaves its plateau. Fresh builds of the current curriculum reached 96-99% colour,
+    99% / 96-98% motion and 84-86% vs 28-31% on brief events; the shipped model has 99%, 99% / 98% and 86% vs 28%."""
     fresh = ship_toy_model(str(tmp_path / "run"), str(tmp_path / "shipped"))["accuracy"]
-    assert fresh["colour"] >= 0.6, fresh
-    assert max(fresh["motion_frames"], fresh["motion_codec"]) >= 0.35, fresh
     assert all((tmp_path / "shipped" / name).is_file() for name in MODEL_FILES)
+    stored = shipped_results()["accuracy"]
+    for name in ("colour", "motion_frames", "motion_codec"):
+        assert abs(stored[name] - fresh[name]) <= FRESH_BUILD_TOLERANCE, (name, stored[name], fresh)
+    fresh_brief = fresh["brief_event"]["accuracy"]
+    assert fresh_brief["codec"] >= stored["brief_event"]["accuracy"]["codec"] - FRESH_BUILD_TOLERANCE, fresh_brief
+    assert fresh_brief["codec"] - fresh_brief["uniform"] >= 0.3, fresh_brief
     model, processor = load_model(SHIPPED_MODEL)
     shipped = evaluate_toy_model(model, processor, str(tmp_path / "run" / "data"))
-    stored = shipped_results()["accuracy"]
     for name in ("colour", "motion_frames", "motion_codec"):
         assert abs(stored[name] - shipped[name]) <= 0.05, (name, stored[name], shipped[name])
     for method in ("codec", "uniform"):
