@@ -6,6 +6,7 @@ head_dim 32 (the smallest the 4:6:6 rotary split allows), merge 2, GQA in the te
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -17,8 +18,18 @@ import torch
 
 from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
 
-# Codec sampling caches under the released default root unless told otherwise; keep test runs out of ~/.cache.
-os.environ.setdefault("ONLINE_CODEC_CACHE_DIR", tempfile.mkdtemp(prefix="ov2-test-codec-cache-"))
+
+def use_a_private_codec_cache() -> None:
+    """Codec sampling caches under the released default root unless told otherwise: keep test runs out of ~/.cache
+    with a folder of their own (subprocesses inherit it), removed when the session ends."""
+    if "ONLINE_CODEC_CACHE_DIR" in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix="ov2-test-codec-cache-")
+    os.environ["ONLINE_CODEC_CACHE_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
+use_a_private_codec_cache()
 
 PAD, BOS, EOS, VISION_START, VISION_END, IMAGE, VIDEO = 0, 1, 2, 3, 4, 5, 6
 MERGE = 2
