@@ -85,6 +85,8 @@ class VideoStreamIndex:
         time_base: seconds per pts unit.
         width, height: coded frame size. rotation: degrees counter-clockwise to display upright.
         declared_duration: the container's own duration in seconds (None when it has none).
+        reference: whether each frame (same order) may be a reference picture (H.264 `nal_ref_idc`; True where
+            the codec does not say).
     """
 
     pts: np.ndarray
@@ -97,6 +99,7 @@ class VideoStreamIndex:
     codec: str
     declared_duration: float | None
     average_rate: float | None = None
+    reference: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -147,21 +150,17 @@ def nal_length_size(stream) -> int | None:
     return (extradata[offset] & 0x03) + 1 if len(extradata) > offset else 4
 
 
-def slice_payload_bytes(data: bytes, codec: str, length_size: int | None) -> int:
-    """Bytes of the picture's slice NAL units, without start codes, length prefixes, delimiters or parameter sets.
-
-    The same H.264/HEVC stream in MP4 (length-prefixed) and MPEG-TS (start codes plus an access unit delimiter per
-    frame and parameter sets per keyframe) has packets of different sizes; the slices inside are identical, so the
-    frame sizes the codec sampler's bit model uses do not depend on the container."""
-    total, position = 0, 0
+def slice_nal_headers(data: bytes, length_size: int | None):
+    """`(first byte, length)` of each NAL unit of one packet, MP4-style (length-prefixed) or Annex B (start codes)."""
     if length_size is not None:
+        position = 0
         while position + length_size <= len(data):
             size = int.from_bytes(data[position : position + length_size], "big")
             start = position + length_size
-            if size and start < len(data) and is_slice_nal(codec, data[start]):
-                total += min(size, len(data) - start)
+            if size and start < len(data):
+                yield data[start], min(size, len(data) - start)
             position = start + size
-        return total
+        return
     starts = []
     found = data.find(ANNEX_B_START)
     while found >= 0:
@@ -169,18 +168,38 @@ def slice_payload_bytes(data: bytes, codec: str, length_size: int | None) -> int
         found = data.find(ANNEX_B_START, found + 3)
     for begin, next_start in zip(starts, starts[1:] + [len(data) + 3]):
         unit = data[begin : next_start - 3].rstrip(b"\x00")  # a 4-byte start code's leading zero belongs to none
-        if unit and is_slice_nal(codec, unit[0]):
-            total += len(unit)
-    return total
+        if unit:
+            yield unit[0], len(unit)
+
+
+def picture_facts(data: bytes, codec: str, length_size: int | None) -> tuple[int, bool]:
+    """Bytes of the picture's slice NAL units (without start codes, length prefixes, delimiters or parameter sets),
+    and whether other pictures may predict from it (H.264 `nal_ref_idc`; always True for HEVC).
+
+    The same H.264/HEVC stream in MP4 (length-prefixed) and MPEG-TS (start codes plus an access unit delimiter per
+    frame and parameter sets per keyframe) has packets of different sizes; the slices inside are identical, so the
+    frame sizes the codec sampler's bit model uses do not depend on the container."""
+    total, reference = 0, codec != "h264"
+    for header, size in slice_nal_headers(data, length_size):
+        if is_slice_nal(codec, header):
+            total += size
+            reference = reference or bool(header & 0x60)
+    return total, reference or total == 0
 
 
 def coded_size_reader(stream):
-    """A function packet -> compressed bytes of its picture: slice payload for H.264/HEVC, else the packet size."""
+    """A function packet -> (compressed bytes of its picture, whether it may be a reference): the slice payload and
+    `nal_ref_idc` for H.264/HEVC, else the packet size and True."""
     codec = stream.codec_context.name
     if codec not in ("h264", "hevc"):
-        return lambda packet: packet.size
+        return lambda packet: (packet.size, True)
     length_size = nal_length_size(stream)
-    return lambda packet: slice_payload_bytes(bytes(packet), codec, length_size) or packet.size
+
+    def read(packet):
+        size, reference = picture_facts(bytes(packet), codec, length_size)
+        return size or packet.size, reference
+
+    return read
 
 
 def index_video_stream(container, name: str) -> VideoStreamIndex:
@@ -188,7 +207,7 @@ def index_video_stream(container, name: str) -> VideoStreamIndex:
     av = load_av()
 
     stream = container.streams.video[0]
-    pts, dts, keyframe, sizes = [], [], [], []
+    pts, dts, keyframe, sizes, references = [], [], [], [], []
     coded_size = coded_size_reader(stream)
     try:
         for packet in container.demux(stream):
@@ -197,7 +216,9 @@ def index_video_stream(container, name: str) -> VideoStreamIndex:
             pts.append(packet.pts)
             dts.append(packet.dts if packet.dts is not None else packet.pts)
             keyframe.append(packet.is_keyframe)
-            sizes.append(coded_size(packet))
+            size, reference = coded_size(packet)
+            sizes.append(size)
+            references.append(reference)
     except av.FFmpegError as error:
         if not pts:
             raise ValueError(f"Could not read packets of video {name}: {error}") from error
@@ -212,6 +233,7 @@ def index_video_stream(container, name: str) -> VideoStreamIndex:
         dts=np.asarray(dts, dtype=np.int64)[order],
         keyframe=np.asarray(keyframe, dtype=bool)[order],
         packet_bytes=np.asarray(sizes, dtype=np.int64)[order],
+        reference=np.asarray(references, dtype=bool)[order],
         time_base=stream.time_base,
         width=stream.codec_context.width,
         height=stream.codec_context.height,
@@ -312,19 +334,27 @@ class DecodeStats:
     seeks: int = 0
 
 
-def iter_frames(container, index: VideoStreamIndex, wanted: list[int], name: str, stats: DecodeStats | None = None):
+def iter_frames(
+    container,
+    index: VideoStreamIndex,
+    wanted: list[int],
+    name: str,
+    stats: DecodeStats | None = None,
+    thread_type: str = "AUTO",
+):
     """Yield `(position, frame)` for the sorted positions `wanted` of `index`, decoding as little as possible.
 
     The decoder runs on while the next wanted frame is in the GOP being decoded and seeks to the keyframe before it
     otherwise. Every seek is checked against the index (`seek_at_or_before`); when no seek lands verifiably (MPEG
     program streams stamp frames differently after a seek), the rest is decoded forward from the start, counting
     frames. A position the stream has no frame for is served by the next decodable frame (its own position is
-    yielded). Raises, naming the video, when a wanted frame cannot be reached.
+    yielded). Raises, naming the video, when a wanted frame cannot be reached. `thread_type` applies when this pass
+    opens the decoder ("SLICE" where frame threads would race, as FFmpeg's motion-vector export does).
     """
     stats = stats if stats is not None else DecodeStats()
     stream = container.streams.video[0]
     if not stream.codec_context.is_open:  # fixed once the decoder has run (a second pass over the same container)
-        stream.thread_type = "AUTO"
+        stream.thread_type = thread_type
     keyframes = np.flatnonzero(index.keyframe)
     frames, next_position, forward = None, 0, False  # the running decoder's (position, frame) pairs
     for target in wanted:
