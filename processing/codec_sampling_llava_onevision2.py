@@ -9,14 +9,17 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    then refilled with the nearest unused non-keyframes, and with keyframes when those run out, as released);
 2. geometry: one canvas size for all frames, sides multiples of patch x merge, area about `max_pixels`;
 3. score maps: the released per-macroblock bit-cost where it can be read (`score_source="auto"`, the default:
-   codec-video-prep installed, a file path, H.264/HEVC; `"bitcost"` insists on it); otherwise (`"framediff"`), per
-   4x4-pixel cell, the smallest absolute luma difference to the immediately preceding decoded frame over
-   +-`shift_radius` half-resolution pixels of displacement (motion-tolerant block matching), summed per 16x16
-   macroblock and turned into modeled bits (`modeled_macroblock_bits`: skipped below a threshold, a base cost plus
-   bits per doubling above it, the threshold set so the frame's modeled bits equal its packet bits), laid out like
-   the released H.264 bit-cost grid. Either map then goes through the released transform: log1p, divided by the
-   frame's 99th percentile, clipped to [0, 1] and resized to the canvas. A frame without a decoded predecessor uses
-   its spatial activity instead;
+   codec-video-prep installed, a file path, H.264/HEVC; `"bitcost"` insists on it). Otherwise, for 8-bit H.264
+   (`"residual"`), what the encoder left to code: each block's prediction rebuilt from the decoder's exported motion
+   vectors and the reference pictures they point at (`codec_residual_llava_onevision2`), subtracted from the
+   unfiltered decoded picture, per 4x4 cell log2 of the residual beyond a dead zone, summed per macroblock
+   (`residual_macroblock_scores`). For every other codec (`"framediff"`), per 4x4-pixel cell the smallest absolute
+   luma difference to the immediately preceding decoded frame over +-`shift_radius` half-resolution pixels of
+   displacement (motion-tolerant block matching), summed per 16x16 macroblock and turned into modeled bits
+   (`modeled_macroblock_bits`: skipped below a threshold, a base cost plus bits per doubling above it, the threshold
+   set so the frame's modeled bits equal its packet bits). Maps take the released H.264 bit-cost grid's layout and go
+   through the released transform: log1p, divided by the frame's 99th percentile, clipped to [0, 1] and resized to
+   the canvas. A frame without a decoded predecessor (or without vectors) uses its spatial activity instead;
 4. readiness grouping: a group grows from min to max frames until its top-B block sum reaches the video's mean
    fixed-window sum with the selected blocks spread over `coverage_bins` bins, and stops at the first ready end
    that adds less than `delta_ratio` over the end before it;
@@ -27,8 +30,8 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    merge window of a canvas is one whole source block; positions are (source frame index, patch row, patch column)
    in block layout. Canvases are always whole; nothing is zero-filled.
 
-Decoding is one pass over the needed frames (candidates and their predecessors), seeking by GOP when that skips
-work; only candidate frames are converted to RGB, at canvas size. With the released bit-cost, the released reader's
+Decoding is one pass over the needed frames (candidates and their predecessors, or their reference pictures),
+seeking by GOP when that skips work; only candidate frames are converted to RGB, at canvas size. With the released bit-cost, the released reader's
 single pass returns both the bits and the canvas-size pictures. Results are cached on disk under `cache_root`
 (the released default location unless set; `None` turns it off) with a key made of the file's content hash and every
 setting. PyAV is loaded on first use, so importing this module costs nothing for image-only users.
@@ -46,6 +49,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
+from .codec_residual_llava_onevision2 import (
+    DECODER_OPTIONS,
+    RESIDUAL_CODECS,
+    ResidualScorer,
+    decode_ranks,
+    reference_candidates,
+)
 from .resize_rule_llava_onevision2 import smart_resize
 from .video_decoding_llava_onevision2 import (
     DecodeStats,
@@ -59,7 +69,7 @@ from .video_decoding_llava_onevision2 import (
 )
 
 CACHE_FORMAT_VERSION = 1
-SCORE_SOURCES = ("auto", "framediff", "bitcost")
+SCORE_SOURCES = ("auto", "residual", "framediff", "bitcost")
 BITCOST_CODECS = ("h264", "hevc")  # what the released patched decoder reads bit-costs from
 BITCOST_GRIDS = ("adaptive", "mb", "sub", "ctu")
 MIN_CANVAS_PIXELS = 56 * 56
@@ -114,7 +124,8 @@ class CodecSamplingConfig:
     # ours
     merge: int = 2
     # "auto": the released bit-cost where it can be read (codec-video-prep installed, a file path, H.264/HEVC),
-    # else "framediff"; "bitcost" insists on the released signal; "framediff" never uses it
+    # else "residual" for H.264 and "framediff" for other codecs; "bitcost" insists on the released signal,
+    # "residual" on the decoder's own residual (H.264 only); "framediff" works for every codec
     score_source: str = "auto"
     bitcost_grid: str = "adaptive"  # bitcost only: ctu for hevc/vp9, macroblocks otherwise (the release default)
     coverage_bins: int = 3
@@ -152,7 +163,8 @@ class CodecSamplingConfig:
         if self.score_source == "bitcost" and bitcost_reader() is None:
             raise ValueError(
                 "score_source='bitcost' needs the codec-video-prep package (pip install --no-deps codec-video-prep; "
-                "its reader also runs on numpy 2). score_source='auto' (the default) or 'framediff' need nothing extra."
+                "its reader also runs on numpy 2). score_source='auto' (the default), 'residual' or 'framediff' need "
+                "nothing extra."
             )
 
     @classmethod
@@ -353,6 +365,27 @@ def modeled_macroblock_bits(residual: np.ndarray, frame_bits: float) -> np.ndarr
         total = (SKIP_BASE_BITS + BITS_PER_DOUBLING * (log_residual[coded] - threshold)).sum()
         low, high = (threshold, high) if total > frame_bits else (low, threshold)
     return np.where(log_residual > high, SKIP_BASE_BITS + BITS_PER_DOUBLING * (log_residual - high), 0.0)
+
+
+RESIDUAL_DEAD_ZONE = 16  # |residual| summed over a 4x4 cell below which coding it costs next to nothing
+INTRA_PERCENTILE = 90  # an intra macroblock of an inter frame scores like its frame's expensive coded ones
+
+
+def residual_macroblock_scores(cost: np.ndarray, intra: np.ndarray | None) -> np.ndarray:
+    """Per-macroblock scores from the decoder's residual (`codec_residual_llava_onevision2.residual_cells`), laid
+    out like the released H.264 bit-cost grid: per 4x4 cell log2(1 + residual beyond a dead zone), summed per
+    macroblock. So an uncoded macroblock scores 0, as its released bit-cost does, and a coded one grows with the
+    coefficients it needed. Intra macroblocks of inter frames (new content the encoder could not predict) score the
+    frame's 90th percentile of coded ones; intra frames (`intra` None) score their texture the same way. On three
+    real clips this agrees with the released selection at block IoU 0.52 (README)."""
+    cells = np.log2(1.0 + np.maximum(cost.astype(np.float64) - RESIDUAL_DEAD_ZONE, 0.0))
+    if intra is None:
+        return released_macroblock_layout(cells)
+    scores = released_macroblock_layout(np.where(intra, 0.0, cells))
+    intra_macroblocks = released_macroblock_layout(intra.astype(np.float64)) > 0
+    coded = (scores > 0) & ~intra_macroblocks
+    scores[intra_macroblocks] = np.percentile(scores[coded], INTRA_PERCENTILE) if coded.any() else 1.0
+    return scores
 
 
 def spatial_activity(luma: np.ndarray) -> np.ndarray:
@@ -569,6 +602,8 @@ def decode_candidates(
     container, index, candidate_ids: list[int], config: CodecSamplingConfig, name: str, progress, deadline: float
 ):
     """One pass: canvas-size RGB of each candidate and its cell score map (needs the frame before it)."""
+    if config.score_source == "residual":
+        return decode_candidates_with_residual(container, index, candidate_ids, config, name, progress, deadline)
     predecessors = {c - 1 for c in candidate_ids if c > 0} if config.score_source == "framediff" else set()
     wanted = sorted(set(candidate_ids) | predecessors)
     candidate_set = set(candidate_ids)
@@ -598,6 +633,98 @@ def decode_candidates(
                 progress.update(1)
         cell_maps = {position: future.result() for position, future in pending.items()}
     return frames, cell_maps, geometry[1] if geometry else None, stats
+
+
+SCORING_THREADS = max(1, min(4, os.cpu_count() or 1))  # numpy releases the GIL: threads score in parallel
+RESIDUAL_JOBS_QUEUED = 2 * SCORING_THREADS
+
+
+def decode_candidates_with_residual(
+    container, index, candidate_ids: list[int], config: CodecSamplingConfig, name: str, progress, deadline: float
+):
+    """One pass for `score_source="residual"`: canvas-size RGB of each candidate and its macroblock scores from the
+    decoder's motion vectors and the reference pictures they point at (decoded too, full-resolution luma only).
+    A candidate is scored on a worker thread once its last reference is decoded; the decoder runs with the export
+    of motion vectors on and the deblocking filter off, so candidates' pictures are unfiltered, like the released
+    reader's."""
+    stream = container.streams.video[0]
+    if stream.codec_context.is_open:  # options set now would be ignored: every frame would score as intra
+        raise RuntimeError(f"{name}: the residual signal needs a decoder that has not run yet (open the file anew).")
+    stream.codec_context.options = {**stream.codec_context.options, **DECODER_OPTIONS}
+    ranks = decode_ranks(index.dts)
+    is_reference = index.reference if index.reference is not None else np.ones(index.num_frames, dtype=bool)
+    references = {c: reference_candidates(c, ranks, is_reference) for c in candidate_ids}
+    wanted = sorted(set(candidate_ids).union(*(past + future for past, future in references.values())))
+    candidate_set, waiting = set(candidate_ids), sorted(candidate_ids)  # scored as their references arrive
+    reformatter = load_av().video.reformatter.VideoReformatter()
+    stats = DecodeStats()
+    frames, pending, lumas, vectors, geometry, rotation = {}, {}, {}, {}, None, 0
+    scorer = ResidualScorer()
+
+    def first_needed(candidate):
+        past, _ = references[candidate]
+        return min(past, default=candidate)
+
+    def submit_ready(upto: int | None):
+        while waiting and (upto is None or max(waiting[0], *references[waiting[0]][1], 0) <= upto):
+            # Scoring a 720p frame takes longer than decoding to the next candidate; a queued job holds four pictures,
+            # so the decoder waits for the scorer rather than let memory grow with the video's length.
+            unfinished = [job for job in pending.values() if not job.done()]
+            if len(unfinished) >= RESIDUAL_JOBS_QUEUED:
+                unfinished[0].result()
+            candidate = waiting.pop(0)
+            past, future = references[candidate]
+            keep_from = first_needed(waiting[0]) if waiting else candidate
+            pending[candidate] = worker.submit(
+                score_candidate,
+                scorer,
+                rotation,
+                lumas.get(candidate),
+                vectors.pop(candidate, None),
+                {p: lumas[p] for p in past if p in lumas},
+                {p: lumas[p] for p in future if p in lumas},
+                keep_from,
+            )
+            for position in [p for p in lumas if p < keep_from]:
+                del lumas[position]
+
+    with ThreadPoolExecutor(max_workers=SCORING_THREADS) as worker:
+        # Frame threads make the exported vectors and the unfiltered references disagree now and then (a run-to-run
+        # difference in scores); slice threads do not.
+        for position, frame in iter_frames(container, index, wanted, name, stats, thread_type="SLICE"):
+            check_deadline(deadline, config, name, f"decoding, {stats.frames_decoded} frames in")
+            geometry = geometry or frame_geometry(frame, config)
+            rotation = geometry[0]
+            decode_one(frame, position, geometry, candidate_set, frames, reformatter, config.score_source)
+            lumas[position] = full_resolution_luma(frame)
+            if position in references and position not in vectors:
+                vectors[position] = motion_vectors(frame)
+            submit_ready(position)
+            if progress is not None and position in references:
+                progress.update(1)
+        submit_ready(None)
+        maps = {c: job.result() for c, job in pending.items() if c in frames}
+    return frames, maps, geometry[1] if geometry else None, stats
+
+
+def score_candidate(scorer: ResidualScorer, rotation: float, *frame_and_references) -> np.ndarray:
+    """One candidate's upright macroblock scores (run on the scoring thread, so only the small map is kept)."""
+    return upright(residual_macroblock_scores(*scorer.score(*frame_and_references)), rotation)
+
+
+def full_resolution_luma(frame) -> np.ndarray:
+    """The decoded picture's luma, `uint8 [H, W]` in coded orientation (a gray conversion for non-YUV formats)."""
+    if frame.format.name in PLANAR_YUV:
+        plane = frame.planes[0]
+        rows = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size)
+        return rows[: frame.height, : frame.width].copy()
+    return frame.to_ndarray(format="gray")
+
+
+def motion_vectors(frame):
+    """The decoder's exported motion vectors of one frame as a structured array, or None (intra frames)."""
+    side_data = frame.side_data.get("MOTION_VECTORS")
+    return side_data.to_ndarray().copy() if side_data is not None else None  # a view dies with the frame
 
 
 def frame_geometry(frame, config: CodecSamplingConfig):
@@ -758,14 +885,30 @@ def store_cached(path: str, sample: CodecSample) -> None:
 
 
 def resolve_score_source(config: CodecSamplingConfig, source) -> CodecSamplingConfig:
-    """`score_source="auto"` made concrete for one video (before the cache lookup, so the cache key names the signal
-    actually used): the released bit-cost when codec-video-prep is installed, the video is a file path (the patched
-    decoder opens files itself) and its codec is H.264 or HEVC; the stock-PyAV `framediff` otherwise."""
+    """Whether `score_source="auto"` reads the released bit-cost, decided before the cache lookup so the cache key
+    names it: when codec-video-prep is installed, the video is a file path (the patched decoder opens files itself)
+    and its codec is H.264 or HEVC. Otherwise "auto" stays and becomes a stock signal once the stream is open
+    (`stock_score_source`); that choice follows from the file's bytes, which the key already holds."""
     if config.score_source != "auto":
         return config
     readable = bitcost_reader() is not None and isinstance(source, (str, os.PathLike))
     codec = stream_codec(source) if readable else None
-    return replace(config, score_source="bitcost" if codec in BITCOST_CODECS else "framediff")
+    return replace(config, score_source="bitcost") if codec in BITCOST_CODECS else config
+
+
+def stock_score_source(config: CodecSamplingConfig, codec: str, pixel_format: str | None, name: str):
+    """Signal for a stream the released reader does not score: under "auto" the decoder's residual for 8-bit H.264
+    and frame differences otherwise; an explicit "residual" the stream cannot give is an error."""
+    residual_ready = codec in RESIDUAL_CODECS and pixel_format in PLANAR_YUV  # exact 8-bit samples to subtract
+    if config.score_source == "auto":
+        return replace(config, score_source="residual" if residual_ready else "framediff")
+    if config.score_source == "residual" and not residual_ready:
+        raise ValueError(
+            f"{name}: score_source='residual' rebuilds the decoder's prediction from its motion vectors, which stock "
+            f"FFmpeg exports for 8-bit {', '.join(RESIDUAL_CODECS)} only; this video is {codec} ({pixel_format}). "
+            "Use score_source='framediff' (any codec) or 'auto'."
+        )
+    return config
 
 
 def stream_codec(path) -> str | None:
@@ -795,6 +938,8 @@ def sample_codec_video(
     try:
         index = index_video_stream(container, name)
         check_complete(index, name, config.allow_truncated)
+        pixel_format = container.streams.video[0].codec_context.pix_fmt
+        config = stock_score_source(config, index.codec, pixel_format, name)
         candidate_ids = uniform_candidate_ids(index.timestamps, config.num_candidates)
         warnings = []
         if config.avoid_keyframes:
@@ -811,10 +956,13 @@ def sample_codec_video(
             )
             canvas_hw = geometry[1]
             if problem and requested == "bitcost":
-                raise ValueError(f"{problem}; score_source='auto' would fall back to framediff.")
+                raise ValueError(f"{problem}; score_source='auto' would fall back to a stock signal.")
             if problem:
-                warnings.append(f"{problem}; scored with framediff instead")
-                config = replace(config, score_source="framediff")
+                config = stock_score_source(replace(config, score_source="auto"), index.codec, pixel_format, name)
+                warnings.append(f"{problem}; scored with {config.score_source} instead")
+                if config.score_source == "residual":  # its decoder options apply to a decoder not yet opened
+                    container.close()
+                    container = open_video(source)
         undecoded = [i for i in candidate_ids if i not in frames]
         if undecoded:
             progress = None

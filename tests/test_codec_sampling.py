@@ -422,8 +422,8 @@ def test_auto_uses_the_released_bitcost_where_it_can_be_read(moving, tmp_path, m
     assert calls == [str(path)]
     collage_columns = [w for group in sample.selected for _, _, w in group]
     assert min(collage_columns) >= sample.canvases.shape[2] // 28 // 2  # the fake reader's busy right half
-    # Bytes (the patched decoder opens files itself) and other codecs fall back to the stock-PyAV signal.
-    assert sample_codec_video(moving[0], SMALL).report["score_source"] == "framediff"
+    # Bytes (the patched decoder opens files itself) and other codecs fall back to a stock-PyAV signal.
+    assert sample_codec_video(moving[0], SMALL).report["score_source"] == "residual"
     vp9 = tmp_path / "clip.webm"
     vp9.write_bytes(encode_video(num_frames=40, rate=10, codec="libvpx-vp9", container_format="webm"))
     assert sample_codec_video(str(vp9), SMALL).report["score_source"] == "framediff"
@@ -475,20 +475,28 @@ def test_a_reader_that_numbers_frames_differently_is_not_trusted(moving, tmp_pat
     path = tmp_path / "clip.mp4"
     path.write_bytes(moving[0])
     monkeypatch.setattr(codec, "bitcost_reader", lambda: fake_bitcost_reader([], numbering_offset=1))
-    sample = sample_codec_video(str(path), SMALL)  # auto
-    assert sample.report["score_source"] == "framediff"
+    sample = sample_codec_video(str(path), SMALL, keep_candidates=True)  # auto
+    assert sample.report["score_source"] == "residual"  # the stock signal for H.264
     assert any("numbers frames differently" in warning for warning in sample.report["warnings"])
+    # scored as a residual run scores (the reader's pass opened the decoder; the residual needs a fresh one)
+    residual = CodecSamplingConfig(**{**SMALL.settings(), "score_source": "residual"})
+    assert sample.selected == sample_codec_video(str(path), residual, keep_candidates=True).selected
     with pytest.raises(ValueError, match="numbers frames differently"):
         sample_codec_video(str(path), CodecSamplingConfig(**{**SMALL.settings(), "score_source": "bitcost"}))
 
 
-def test_auto_without_the_package_uses_framediff(moving, tmp_path, monkeypatch):
+def test_auto_without_the_package_uses_the_residual_for_h264_and_framediff_elsewhere(moving, tmp_path, monkeypatch):
     from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
 
     monkeypatch.setattr(codec, "bitcost_reader", lambda: None)
     path = tmp_path / "clip.mp4"
     path.write_bytes(moving[0])
-    assert sample_codec_video(str(path), SMALL).report["score_source"] == "framediff"
+    assert sample_codec_video(str(path), SMALL).report["score_source"] == "residual"
+    mpeg4, _ = encode_moving_box(num_frames=40, codec="mpeg4")
+    assert sample_codec_video(mpeg4, SMALL).report["score_source"] == "framediff"
+    # asked for by name on a codec without it: an error that names the codec and the way out, never a quiet switch
+    with pytest.raises(ValueError, match="this video is mpeg4 .*score_source='framediff'"):
+        sample_codec_video(mpeg4, CodecSamplingConfig(**{**SMALL.settings(), "score_source": "residual"}))
 
 
 def test_bitcost_without_the_package_is_a_clear_error(monkeypatch):

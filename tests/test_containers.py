@@ -114,14 +114,18 @@ def test_a_cut_that_starts_mid_gop_is_stamped_from_its_first_decodable_frame(h26
     np.testing.assert_array_equal(clip.frames, np.stack([truth[i] for i in clip.frame_indices]))
 
 
-def test_codec_sampling_reads_mpeg_ts_as_it_reads_mp4(stream):
+@pytest.mark.parametrize("score_source", ["framediff", "residual"])
+def test_codec_sampling_reads_mpeg_ts_as_it_reads_mp4(stream, score_source):
     """MPEG-TS packets carry more bytes than MP4's (start codes, an access unit delimiter per frame, parameter sets per
-    keyframe); picture sizes count the slices only, so the bit model, and with it every canvas, is identical."""
-    config = CodecSamplingConfig(progress=False, cache_root=None, score_source="framediff")
+    keyframe); picture sizes and reference flags come from the slices only, so both stock signals, and with them
+    every canvas, are identical."""
+    config = CodecSamplingConfig(progress=False, cache_root=None, score_source=score_source)
     ts = remux(stream, "mpegts")
     assert index_of(ts).packet_bytes.tolist() == index_of(stream).packet_bytes.tolist()
+    assert index_of(ts).reference.tolist() == index_of(stream).reference.tolist()
     assert packet_sizes(ts) != packet_sizes(stream)
     from_mp4, from_ts = sample_codec_video(stream, config), sample_codec_video(ts, config)
+    assert from_ts.report["score_source"] == from_mp4.report["score_source"] == score_source
     assert from_ts.candidate_ids == from_mp4.candidate_ids
     np.testing.assert_array_equal(from_ts.canvases, from_mp4.canvases)
     np.testing.assert_array_equal(from_ts.positions, from_mp4.positions)
