@@ -17,9 +17,10 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    luma difference to the immediately preceding decoded frame over +-`shift_radius` half-resolution pixels of
    displacement (motion-tolerant block matching), summed per 16x16 macroblock and turned into modeled bits
    (`modeled_macroblock_bits`: skipped below a threshold, a base cost plus bits per doubling above it, the threshold
-   set so the frame's modeled bits equal its packet bits). Maps take the released H.264 bit-cost grid's layout and go
-   through the released transform: log1p, divided by the frame's 99th percentile, clipped to [0, 1] and resized to
-   the canvas. A frame without a decoded predecessor (or without vectors) uses its spatial activity instead;
+   set so the frame's modeled bits equal its packet bits). Maps take the grid the release reads for the codec (H.264
+   macroblocks; 64x64 units for HEVC and VP9, `modeled_bits_map`) and go through the released transform: log1p,
+   divided by the frame's 99th percentile, clipped to [0, 1] and resized to the canvas. A frame without a decoded
+   predecessor (or without vectors) uses its spatial activity instead;
 4. readiness grouping: a group grows from min to max frames until its top-B block sum reaches the video's mean
    fixed-window sum with the selected blocks spread over `coverage_bins` bins, and stops at the first ready end
    that adds less than `delta_ratio` over the end before it;
@@ -31,10 +32,10 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    in block layout. Canvases are always whole; nothing is zero-filled.
 
 Decoding is one pass over the needed frames (candidates and their predecessors, or their reference pictures),
-seeking by GOP when that skips work; only candidate frames are converted to RGB, at canvas size. With the released bit-cost, the released reader's
-single pass returns both the bits and the canvas-size pictures. Results are cached on disk under `cache_root`
-(the released default location unless set; `None` turns it off) with a key made of the file's content hash and every
-setting. PyAV is loaded on first use, so importing this module costs nothing for image-only users.
+seeking by GOP when that skips work; only candidate frames are converted to RGB, at canvas size. With the released
+bit-cost, the released reader's single pass returns both the bits and the canvas-size pictures. Results are cached
+on disk under `cache_root` (the released default location unless set; `None` turns it off) with a key made of the
+file's content hash and every setting. PyAV is loaded on first use, so importing this module costs nothing for image-only users.
 """
 
 from __future__ import annotations
@@ -343,6 +344,28 @@ def released_macroblock_layout(cells: np.ndarray) -> np.ndarray:
     padded[: cells.shape[0], : cells.shape[1]] = cells
     macroblocks = padded.reshape(rows, MACROBLOCK_CELLS, cols, MACROBLOCK_CELLS).sum(axis=(1, 3))
     return np.pad(macroblocks, ((0, 0), (0, 1)))
+
+
+CTU_MACROBLOCKS = 4  # a 64x64-pixel coding tree unit (HEVC) or superblock (VP9) spans 4x4 macroblocks
+CTU_GRID_CODECS = ("hevc", "vp9")  # where the release's adaptive grid reads bit-costs per 64x64 unit
+
+
+def released_ctu_layout(macroblock_bits: np.ndarray) -> np.ndarray:
+    """Sum macroblock bits (the released H.264 layout, spare column included) into 64x64 units laid out like the
+    released HEVC bit-cost grid: partial units at the bottom and right edges count, and there is no spare column."""
+    macroblocks = macroblock_bits[:, :-1]
+    rows, cols = (-(-size // CTU_MACROBLOCKS) for size in macroblocks.shape)
+    padded = np.zeros((rows * CTU_MACROBLOCKS, cols * CTU_MACROBLOCKS), dtype=np.float64)
+    padded[: macroblocks.shape[0], : macroblocks.shape[1]] = macroblocks
+    return padded.reshape(rows, CTU_MACROBLOCKS, cols, CTU_MACROBLOCKS).sum(axis=(1, 3))
+
+
+def modeled_bits_map(cells: np.ndarray, frame_bits: float, codec: str) -> np.ndarray:
+    """`framediff` cell residuals -> modeled bits in the grid the release reads for this codec: macroblocks, or for
+    HEVC/VP9 the 64x64 units its adaptive grid uses (the skip model decides per macroblock, as coding units are
+    mostly that size or smaller; a unit costs what its macroblocks cost)."""
+    bits = modeled_macroblock_bits(released_macroblock_layout(cells), frame_bits)
+    return released_ctu_layout(bits) if codec in CTU_GRID_CODECS else bits
 
 
 def modeled_macroblock_bits(residual: np.ndarray, frame_bits: float) -> np.ndarray:
@@ -1020,7 +1043,7 @@ def select_and_pack(
     if not bits.any():
         warnings.append("the stream reports no packet sizes; score maps are not scaled to frame bits")
     if config.score_source == "framediff":
-        cell_maps = {i: modeled_macroblock_bits(released_macroblock_layout(m), bits[i]) for i, m in cell_maps.items()}
+        cell_maps = {i: modeled_bits_map(m, bits[i], index.codec) for i, m in cell_maps.items()}
     block_matrix = np.stack(
         [
             block_scores(score_map(cell_maps[i], canvas_hw, config.score_percentile), config.patch, config.merge)

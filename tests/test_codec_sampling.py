@@ -17,9 +17,11 @@ from llava_onevision2.processing.codec_sampling_llava_onevision2 import (
     CodecSamplingConfig,
     canvas_size,
     is_bad_frame,
+    modeled_bits_map,
     modeled_macroblock_bits,
     move_off_keyframes,
     readiness_groups,
+    released_ctu_layout,
     released_macroblock_layout,
     sample_codec_video,
     time_bins,
@@ -161,6 +163,16 @@ def test_residual_cells_take_the_released_macroblock_layout():
     assert layout.shape == (9, 13)  # plus FFmpeg's spare stride column
     assert (layout[:, :11] == 16).all() and (layout[:, 11] == 4).all() and (layout[:, 12] == 0).all()
     assert layout.sum() == cells.sum()
+
+
+def test_hevc_and_vp9_take_the_released_64_pixel_grid():
+    cells = np.ones((68, 160))  # 4x4-pixel cells of 640x272 (HEVC's CTU grid there: 5 x 10, no spare column)
+    macroblocks = released_macroblock_layout(cells)
+    units = released_ctu_layout(macroblocks)
+    assert units.shape == (5, 10) and units.sum() == cells.sum()
+    assert (units[:4] == 16 * 16).all() and (units[4] == 4 * 16).all()  # the last row of units is 16 pixels tall
+    assert modeled_bits_map(cells, 0.0, "hevc").shape == modeled_bits_map(cells, 0.0, "vp9").shape == (5, 10)
+    assert modeled_bits_map(cells, 0.0, "h264").shape == (17, 41)
 
 
 def test_modeled_bits_skip_quiet_macroblocks_and_total_the_frame_bits():
