@@ -175,8 +175,8 @@ def test_residual_agrees_with_the_released_selection_on_real_footage(clip):
 
 
 def test_residual_scores_are_the_same_on_every_run():
-    """The decoder runs on slice threads: with frame threads the exported vectors and the unfiltered references
-    disagreed now and then, and about one map in ten differed between two runs of this handheld clip."""
+    """The decoder runs on slice threads: under frame threads FFmpeg exported different vectors for some frames of
+    this handheld clip on every decode (the pictures were identical), and about one map in ten differed."""
     path = real_clip_path("carphone_pristine.mp4")
     config = CodecSamplingConfig(progress=False, cache_root=None, score_source="residual")
     first, second = (sample_codec_video(path, config, keep_candidates=True) for _ in range(2))
