@@ -136,11 +136,6 @@ def motion_fields(vectors: np.ndarray | None, cells_hw: tuple[int, int]) -> dict
     return fields
 
 
-def cell_sums(values: np.ndarray) -> np.ndarray:
-    rows, cols = values.shape[0] // CELL, values.shape[1] // CELL
-    return values[: rows * CELL, : cols * CELL].reshape(rows, CELL, cols, CELL).sum(axis=(1, 3))
-
-
 CELL_ROWS, CELL_COLS = (g.reshape(1, -1).astype(np.int32) for g in np.mgrid[0:CELL, 0:CELL])  # a cell's pixels
 
 
@@ -213,13 +208,21 @@ def residual_cells(luma: np.ndarray, past: list, future: list, vectors) -> tuple
     return cost, ~(from_past | from_future)
 
 
-def texture_cells(luma: np.ndarray) -> np.ndarray:
-    """Per 4x4 cell, the sum of |luma - its 3x3 local mean|: what an intra picture spends its bits on."""
-    height, width = (luma.shape[0] // CELL) * CELL, (luma.shape[1] // CELL) * CELL
-    picture = luma[:height, :width].astype(np.float32)
-    padded = np.pad(picture, 1, mode="edge")
-    local_mean = sum(padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)) / 9
-    return cell_sums(np.abs(picture - local_mean))
+def cell_sums(values: np.ndarray, cell: int = CELL) -> np.ndarray:
+    """Sums over cell x cell blocks (a partial block at the bottom or right edge is left out)."""
+    height, width = (values.shape[0] // cell) * cell, (values.shape[1] // cell) * cell
+    return values[:height, :width].reshape(height // cell, cell, width // cell, cell).sum(axis=(1, 3))
+
+
+def local_contrast(luma: np.ndarray, cell: int = CELL) -> np.ndarray:
+    """Per cell, the sum of |luma - its 3x3 local mean|: texture, what an intra-coded picture spends its bits on
+    (and the score of a frame with no predecessor or no vectors)."""
+    luma = luma.astype(np.float32)
+    padded = np.pad(luma, 1, mode="edge")
+    local_mean = (
+        sum(padded[dy : dy + luma.shape[0], dx : dx + luma.shape[1]] for dy in range(3) for dx in range(3)) / 9
+    )
+    return cell_sums(np.abs(luma - local_mean), cell)
 
 
 def reference_candidates(position: int, decode_rank: np.ndarray, reference: np.ndarray) -> tuple[list[int], list[int]]:
@@ -264,7 +267,7 @@ class ResidualScorer:
         (intra-coded); `past`/`future` map positions to reference lumas. Afterwards the planes of pictures before
         `keep_from` (which no later frame uses) are dropped."""
         if vectors is None or not len(vectors) or not (past or future):
-            scores = texture_cells(luma), None
+            scores = local_contrast(luma), None
         else:
             scores = residual_cells(
                 luma,

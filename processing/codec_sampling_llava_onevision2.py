@@ -54,7 +54,9 @@ from .codec_residual_llava_onevision2 import (
     DECODER_OPTIONS,
     RESIDUAL_CODECS,
     ResidualScorer,
+    cell_sums,
     decode_ranks,
+    local_contrast,
     reference_candidates,
 )
 from .resize_rule_llava_onevision2 import smart_resize
@@ -299,11 +301,6 @@ def canvas_size(height: int, width: int, factor: int, max_pixels: int) -> tuple[
 CELL = 4  # score cells of 4x4 source pixels = 2x2 half-resolution pixels
 
 
-def cell_sums(values: np.ndarray, cell: int) -> np.ndarray:
-    height, width = (values.shape[0] // cell) * cell, (values.shape[1] // cell) * cell
-    return values[:height, :width].reshape(height // cell, cell, width // cell, cell).sum(axis=(1, 3))
-
-
 def pair_cell_sums(values: np.ndarray) -> np.ndarray:
     """Sums over 2x2 cells by four strided adds (much faster than a reshape-sum on small cells)."""
     height, width = (values.shape[0] // 2) * 2, (values.shape[1] // 2) * 2
@@ -409,16 +406,6 @@ def residual_macroblock_scores(cost: np.ndarray, intra: np.ndarray | None) -> np
     coded = (scores > 0) & ~intra_macroblocks
     scores[intra_macroblocks] = np.percentile(scores[coded], INTRA_PERCENTILE) if coded.any() else 1.0
     return scores
-
-
-def spatial_activity(luma: np.ndarray) -> np.ndarray:
-    """Per 2x2-pixel cell, the sum of |luma - its 3x3 local mean| (texture, for frames without a predecessor)."""
-    luma = luma.astype(np.float32)
-    padded = np.pad(luma, 1, mode="edge")
-    local_mean = (
-        sum(padded[dy : dy + luma.shape[0], dx : dx + luma.shape[1]] for dy in range(3) for dx in range(3)) / 9
-    )
-    return cell_sums(np.abs(luma - local_mean), 2)
 
 
 def score_map(bits: np.ndarray, canvas_hw: tuple[int, int], percentile: float) -> np.ndarray:
@@ -650,7 +637,7 @@ def decode_candidates(
                         motion_tolerant_difference, luma, previous_luma, config.shift_radius
                     )
                 else:
-                    pending[position] = scorer.submit(spatial_activity, luma)
+                    pending[position] = scorer.submit(local_contrast, luma, 2)
             previous_position, previous_luma = position, luma
             if progress is not None and position in candidate_set:
                 progress.update(1)
