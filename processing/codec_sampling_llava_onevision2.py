@@ -35,7 +35,8 @@ Decoding is one pass over the needed frames (candidates and their predecessors, 
 seeking by GOP when that skips work; only candidate frames are converted to RGB, at canvas size. With the released
 bit-cost, the released reader's single pass returns both the bits and the canvas-size pictures. Results are cached
 on disk under `cache_root` (the released default location unless set; `None` turns it off) with a key made of the
-file's content hash and every setting. PyAV is loaded on first use, so importing this module costs nothing for image-only users.
+file's content hash and every setting. PyAV is loaded on first use, so importing this module costs nothing for
+image-only users.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ from .video_decoding_llava_onevision2 import (
     upright,
 )
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: framediff on HEVC/VP9 scores 64x64 units, so entries of 1 no longer match
 SCORE_SOURCES = ("auto", "residual", "framediff", "bitcost")
 BITCOST_CODECS = ("h264", "hevc")  # what the released patched decoder reads bit-costs from
 BITCOST_GRIDS = ("adaptive", "mb", "sub", "ctu")
