@@ -164,12 +164,26 @@ class CodecSamplingConfig:
             raise ValueError(f"score_source must be one of {SCORE_SOURCES}, got {self.score_source!r}.")
         if self.bitcost_grid not in BITCOST_GRIDS:
             raise ValueError(f"bitcost_grid must be one of {BITCOST_GRIDS}, got {self.bitcost_grid!r}.")
+        self.check_signal_settings()
         if self.score_source == "bitcost" and bitcost_reader() is None:
             raise ValueError(
                 "score_source='bitcost' needs the codec-video-prep package (pip install --no-deps codec-video-prep; "
                 "its reader also runs on numpy 2). score_source='auto' (the default), 'residual' or 'framediff' need "
                 "nothing extra."
             )
+
+    SIGNAL_SETTINGS = {"shift_radius": ("framediff",), "bitcost_grid": ("bitcost",)}
+
+    def check_signal_settings(self) -> None:
+        """A setting of one signal given with another signal named explicitly would be ignored: refuse it. Under
+        "auto" such settings apply where that signal is chosen."""
+        for name, signals in self.SIGNAL_SETTINGS.items():
+            default = next(f.default for f in fields(self) if f.name == name)
+            if getattr(self, name) != default and self.score_source not in ("auto", *signals):
+                raise ValueError(
+                    f"codec_config {name}={getattr(self, name)!r} only applies to score_source={signals[0]!r}, but "
+                    f"score_source={self.score_source!r} was asked for; drop {name} or choose that signal."
+                )
 
     @classmethod
     def accepted_keys(cls) -> list[str]:
@@ -904,7 +918,17 @@ def resolve_score_source(config: CodecSamplingConfig, source) -> CodecSamplingCo
         return config
     readable = bitcost_reader() is not None and isinstance(source, (str, os.PathLike))
     codec = stream_codec(source) if readable else None
-    return replace(config, score_source="bitcost") if codec in BITCOST_CODECS else config
+    return with_signal(config, "bitcost") if codec in BITCOST_CODECS else config
+
+
+def with_signal(config: CodecSamplingConfig, signal: str) -> CodecSamplingConfig:
+    """`config` resolved to one signal; the other signals' settings (conditional under "auto") go back to defaults."""
+    unused = {
+        name: next(f.default for f in fields(config) if f.name == name)
+        for name, signals in CodecSamplingConfig.SIGNAL_SETTINGS.items()
+        if signal not in signals
+    }
+    return replace(config, score_source=signal, **unused)
 
 
 def stock_score_source(config: CodecSamplingConfig, codec: str, pixel_format: str | None, name: str):
@@ -912,7 +936,7 @@ def stock_score_source(config: CodecSamplingConfig, codec: str, pixel_format: st
     and frame differences otherwise; an explicit "residual" the stream cannot give is an error."""
     residual_ready = codec in RESIDUAL_CODECS and pixel_format in PLANAR_YUV  # exact 8-bit samples to subtract
     if config.score_source == "auto":
-        return replace(config, score_source="residual" if residual_ready else "framediff")
+        return with_signal(config, "residual" if residual_ready else "framediff")
     if config.score_source == "residual" and not residual_ready:
         raise ValueError(
             f"{name}: score_source='residual' rebuilds the decoder's prediction from its motion vectors, which stock "

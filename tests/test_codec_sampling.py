@@ -4,6 +4,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import av
 import numpy as np
@@ -509,6 +510,30 @@ def test_auto_without_the_package_uses_the_residual_for_h264_and_framediff_elsew
     # asked for by name on a codec without it: an error that names the codec and the way out, never a quiet switch
     with pytest.raises(ValueError, match="this video is mpeg4 .*score_source='framediff'"):
         sample_codec_video(mpeg4, CodecSamplingConfig(**{**SMALL.settings(), "score_source": "residual"}))
+
+
+def test_a_setting_of_another_signal_is_refused_not_ignored():
+    with pytest.raises(ValueError, match="shift_radius=4 only applies to score_source='framediff'"):
+        CodecSamplingConfig(score_source="residual", shift_radius=4)
+    with pytest.raises(ValueError, match="bitcost_grid='ctu' only applies to score_source='bitcost'"):
+        CodecSamplingConfig(score_source="framediff", bitcost_grid="ctu")
+    assert CodecSamplingConfig(score_source="framediff", shift_radius=4).shift_radius == 4
+    assert CodecSamplingConfig(shift_radius=4).score_source == "auto"  # applies where auto picks framediff
+
+
+def test_auto_applies_a_signal_setting_where_it_picks_that_signal():
+    h264, _ = encode_moving_box(num_frames=40)  # auto -> residual here, which has no motion search to widen
+    widened = CodecSamplingConfig(**{**SMALL.settings(), "shift_radius": 4})
+    assert sample_codec_video(h264, widened).report["score_source"] == "residual"
+    mpeg4, _ = encode_moving_box(num_frames=40, codec="mpeg4")  # auto -> framediff: the wider search takes effect
+    framediff = CodecSamplingConfig(**{**SMALL.settings(), "score_source": "framediff"})
+    narrow = sample_codec_video(mpeg4, framediff, keep_candidates=True)
+    wide = sample_codec_video(mpeg4, widened, keep_candidates=True)
+    assert wide.report["score_source"] == "framediff"
+    assert (
+        wide.selected == sample_codec_video(mpeg4, replace(framediff, shift_radius=4), keep_candidates=True).selected
+    )
+    assert wide.selected != narrow.selected
 
 
 def test_bitcost_without_the_package_is_a_clear_error(monkeypatch):
