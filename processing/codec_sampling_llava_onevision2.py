@@ -700,11 +700,13 @@ def decode_candidates_with_residual(
             candidate = waiting.pop(0)
             past, future = references[candidate]
             keep_from = first_needed(waiting[0]) if waiting else candidate
+            if candidate not in lumas:  # the stream had no frame there; the decoder served the next one instead
+                continue
             pending[candidate] = worker.submit(
                 score_candidate,
                 scorer,
                 rotation,
-                lumas.get(candidate),
+                lumas[candidate],
                 vectors.pop(candidate, None),
                 {p: lumas[p] for p in past if p in lumas},
                 {p: lumas[p] for p in future if p in lumas},

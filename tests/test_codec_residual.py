@@ -184,6 +184,26 @@ def test_residual_scores_are_the_same_on_every_run():
     np.testing.assert_array_equal(first.canvases, second.canvases)
 
 
+def test_a_candidate_the_stream_cannot_serve_is_left_out_not_fatal(monkeypatch):
+    """Where a stream has no frame at a wanted position the decoder serves the next one (`iter_frames`); the residual
+    pass then has no picture for that candidate and samples from the others."""
+    from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
+
+    path = real_clip_path("carphone_pristine.mp4")
+    config = CodecSamplingConfig(progress=False, cache_root=None, score_source="residual")
+    complete = sample_codec_video(path, config)
+    missing = complete.candidate_ids[10]
+    real_iter_frames = codec.iter_frames
+
+    def without_one_frame(*args, **kwargs):
+        return ((p, f) for p, f in real_iter_frames(*args, **kwargs) if p != missing)
+
+    monkeypatch.setattr(codec, "iter_frames", without_one_frame)
+    sample = sample_codec_video(path, config)
+    assert missing not in sample.candidate_ids and len(sample.candidate_ids) == len(complete.candidate_ids) - 1
+    assert len(sample.canvases) > 0
+
+
 @pytest.mark.parametrize("clip", REAL_CLIPS)
 def test_the_recorded_release_is_what_the_released_reader_selects(clip):
     pytest.importorskip("codec_video_prep.cv_reader_fast", reason="codec-video-prep (optional) is not installed")
