@@ -7,7 +7,9 @@
   `max_frames`, at `round(linspace(0, n - 1, count))` for constant frame rate).
 - `decode_frames` walks the wanted frames in order: it keeps decoding forward inside a GOP and seeks to the next
   keyframe when the next wanted frame lies in a later GOP, so sparse sampling never decodes the whole file. Only the
-  wanted frames are converted to RGB, and only those are kept: memory follows the number of sampled frames.
+  wanted frames are converted to RGB, and only those are kept: memory follows the number of sampled frames. They go
+  into a `FrameStore` (one array for the clip); the video processor passes one that resizes each frame to its model
+  size as it arrives, so a high-resolution clip is never held at full size.
 - Rotation metadata (display matrix) is applied to the returned frames.
 
 Every failure names the input: missing or unreadable files, files without a video stream, streams without frames.
@@ -441,17 +443,52 @@ def counted_frames_from_start(container, stream, index: VideoStreamIndex, name: 
         raise ValueError(f"Could not decode video {name}: {error}") from error
 
 
+class FrameStore:
+    """Where a decode pass puts its RGB frames (`[H, W, 3]` uint8, upright): one array allocated at the first frame
+    for all `count` of them, so a clip is never held twice (as a list and as its stack). Subclasses may transform
+    frames on the way in: the frames sampler resizes them to their model size as they arrive, so a long 4K clip is
+    never held at full size."""
+
+    def __init__(self, count: int, name: str):
+        self.count, self.name = count, name
+        self.frames: np.ndarray | None = None
+        self.source_hw: tuple[int, int] | None = None  # the size of the pictures as decoded
+        self.stored = 0
+
+    def add(self, frame: np.ndarray, position: int) -> None:
+        if self.frames is None:
+            self.source_hw = tuple(frame.shape[:2])
+            self.frames = np.empty((self.count, *frame.shape), dtype=np.uint8)
+        elif frame.shape != self.frames.shape[1:]:
+            raise ValueError(
+                f"Video {self.name} changes picture size mid-stream: frame {position} is "
+                f"{frame.shape[1]}x{frame.shape[0]}, earlier ones {self.frames.shape[2]}x{self.frames.shape[1]}. "
+                "Frames stacked as decoded must share one size; the video processor resizes each frame to one size "
+                "and reads such streams."
+            )
+        self.frames[self.stored] = frame
+        self.stored += 1
+
+    def result(self) -> np.ndarray:
+        """`[n, H, W, 3]`: the frames stored, in decoding order."""
+        if self.frames is None:
+            raise ValueError(f"Video {self.name}: no frame was decoded.")
+        return self.frames[: self.stored]
+
+
 def decode_frames(
-    container, index: VideoStreamIndex, wanted: list[int], name: str
-) -> tuple[list[np.ndarray], list[int], int]:
-    """RGB frames at the sorted positions `wanted`, the positions actually decoded, and frames decoded in total."""
+    container, index: VideoStreamIndex, wanted: list[int], name: str, store: FrameStore | None = None
+) -> tuple[np.ndarray, list[int], int]:
+    """RGB frames at the sorted positions `wanted` (`[n, H, W, 3]`, through `store`, a plain `FrameStore` by
+    default), the positions actually decoded, and frames decoded in total."""
     stats = DecodeStats()
-    frames, positions = [], []
+    store = store if store is not None else FrameStore(len(wanted), name)
+    positions = []
     reformatter = load_av().video.reformatter.VideoReformatter()
     for position, frame in iter_frames(container, index, wanted, name, stats):
-        frames.append(frame_to_rgb(frame, reformatter))
+        store.add(frame_to_rgb(frame, reformatter), position)
         positions.append(position)
-    return frames, positions, stats.frames_decoded
+    return store.result(), positions, stats.frames_decoded
 
 
 @dataclass
@@ -467,6 +504,7 @@ class DecodedClip:
     codec: str | None
     source: str
     frames_decoded: int = 0
+    source_hw: tuple[int, int] | None = None  # the decoded pictures' size where `frames` were resized on the way in
 
 
 def read_video(
@@ -476,8 +514,10 @@ def read_video(
     max_frames: int | None = None,
     allow_truncated: bool = False,
     keep_all: bool = False,
+    frame_store=None,
 ) -> DecodedClip:
-    """Open, index, sample and decode one video. See the module docstring for the strategy."""
+    """Open, index, sample and decode one video. See the module docstring for the strategy. `frame_store`: a
+    callable `(count, name) -> FrameStore` that receives the decoded frames (default: kept as decoded)."""
     name = describe_source(source)
     container = open_video(source)
     try:
@@ -485,12 +525,13 @@ def read_video(
         check_complete(index, name, allow_truncated)
         duration = index.duration if fps is not None else index.released_duration
         wanted = sample_frame_indices(index.timestamps, duration, fps, num_frames, max_frames, keep_all)
-        frames, positions, frames_decoded = decode_frames(container, index, wanted, name)
+        store = (frame_store or FrameStore)(len(wanted), name)
+        frames, positions, frames_decoded = decode_frames(container, index, wanted, name, store)
     finally:
         container.close()
     timestamps = index.timestamps
     return DecodedClip(
-        frames=np.stack(frames),
+        frames=frames,
         frame_indices=positions,
         timestamps=[round(float(timestamps[p]), 6) for p in positions],
         total_num_frames=index.num_frames,
@@ -499,6 +540,7 @@ def read_video(
         codec=index.codec,
         source=name,
         frames_decoded=frames_decoded,
+        source_hw=store.source_hw if frames.shape[1:3] != store.source_hw else None,
     )
 
 
@@ -570,12 +612,13 @@ def load_clip(
     max_frames: int | None = None,
     keep_all: bool = False,
     allow_truncated: bool = False,
+    frame_store=None,
 ) -> DecodedClip:
-    """Sampled RGB frames of one video: decoded from a path / bytes / binary file, or picked from frames given in
-    memory (`known_fps`: the rate those frames were taken at)."""
+    """Sampled RGB frames of one video: decoded from a path / bytes / binary file (through `frame_store`, see
+    `read_video`), or picked from frames given in memory (`known_fps`: the rate those frames were taken at)."""
     sampling = dict(fps=fps, num_frames=num_frames, max_frames=max_frames, keep_all=keep_all)
     if not is_decoded(video):
-        return read_video(video, allow_truncated=allow_truncated, **sampling)
+        return read_video(video, allow_truncated=allow_truncated, frame_store=frame_store, **sampling)
     sampling["sample_fps"] = sampling.pop("fps")
     return sample_decoded_frames(video, known_fps, name, **sampling)
 

@@ -29,7 +29,7 @@ from transformers.image_utils import SizeDict
 from transformers.video_utils import VideoMetadata
 
 from .codec_sampling_llava_onevision2 import CodecSamplingConfig, sample_codec_video
-from .video_decoding_llava_onevision2 import DecodedClip, is_decoded, load_clip
+from .video_decoding_llava_onevision2 import DecodedClip, FrameStore, is_decoded, load_clip
 from .vision_layout_llava_onevision2 import (
     VisualItem,
     block_layout_positions,
@@ -99,16 +99,69 @@ class VideoSampler:
         raise NotImplementedError
 
     def normalized_rows(self, pictures: torch.Tensor, settings: dict) -> torch.Tensor:
-        """`[T, 3, H, W]` uint8 pictures -> rescaled, normalised pixel rows in block layout."""
-        pictures = self.processor.rescale_and_normalize(
-            pictures,
-            settings["do_rescale"],
-            settings["rescale_factor"],
-            settings["do_normalize"],
-            settings["image_mean"],
-            settings["image_std"],
+        """`[T, 3, H, W]` uint8 pictures -> rescaled, normalised pixel rows in block layout.
+
+        Rows are frame by frame, so a few frames at a time are normalised and written into one preallocated tensor:
+        a long clip never holds its float pictures and their rows at once (each as large as the result)."""
+        rows_per_frame = (pictures.shape[-2] // settings["patch_size"]) * (
+            pictures.shape[-1] // settings["patch_size"]
         )
-        return patchify(pictures, settings["patch_size"], settings["merge_size"])
+        step = max(1, NORMALIZE_CHUNK_BYTES // max(1, pictures[0].numel() * 4))
+        rows = None
+        for start in range(0, len(pictures), step):
+            chunk = self.processor.rescale_and_normalize(
+                pictures[start : start + step],
+                settings["do_rescale"],
+                settings["rescale_factor"],
+                settings["do_normalize"],
+                settings["image_mean"],
+                settings["image_std"],
+            )
+            chunk = patchify(chunk, settings["patch_size"], settings["merge_size"])
+            if rows is None:
+                rows = torch.empty((len(pictures) * rows_per_frame, chunk.shape[1]), dtype=chunk.dtype)
+            rows[start * rows_per_frame : start * rows_per_frame + len(chunk)] = chunk
+        return rows
+
+
+NORMALIZE_CHUNK_BYTES = 64 * 2**20  # float pictures normalised at once
+RESIZE_CHUNK_BYTES = 32 * 2**20  # decoded pictures resized at once (bicubic works in float: ~4x that again)
+
+
+class ResizingFrameStore(FrameStore):
+    """Decoded frames resized to the clip's model size as they arrive, a few at a time: only the resized clip is
+    held, never the decoded one (40 s of 1080p at the released defaults: 384 frames, 2.4 GB as decoded). `size_for`
+    gives the model size from the first frame's; frames of another size (a stream that changes resolution) are
+    resized to the same size."""
+
+    def __init__(self, count: int, name: str, size_for, resize):
+        super().__init__(count, name)
+        self.size_for, self.resize = size_for, resize
+        self.pending: list[np.ndarray] = []
+
+    def add(self, frame: np.ndarray, position: int) -> None:
+        if self.frames is None:
+            self.source_hw = tuple(frame.shape[:2])
+            height, width = self.size_for(*self.source_hw)
+            self.frames = np.empty((self.count, height, width, 3), dtype=np.uint8)
+        if self.pending and (
+            frame.shape != self.pending[0].shape or (len(self.pending) + 1) * frame.nbytes > RESIZE_CHUNK_BYTES
+        ):
+            self.flush()
+        self.pending.append(frame)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch = torch.from_numpy(np.stack(self.pending)).permute(0, 3, 1, 2)
+        resized = self.resize(batch, self.frames.shape[1:3]).permute(0, 2, 3, 1)
+        self.frames[self.stored : self.stored + len(resized)] = resized.numpy()
+        self.stored += len(resized)
+        self.pending = []
+
+    def result(self) -> np.ndarray:
+        self.flush()
+        return super().result()
 
 
 class FramesSampler(VideoSampler):
@@ -132,28 +185,53 @@ class FramesSampler(VideoSampler):
             max_frames=settings["max_frames"],
             keep_all=not sampled,
             allow_truncated=settings["allow_truncated"],
+            frame_store=self.resizing_store(settings) if settings["do_resize"] else None,
         )
 
+    def resizing_store(self, settings: dict):
+        """`(count, name) -> ResizingFrameStore` that resizes decoded frames as `clip_to_item` would."""
+
+        def resize(pictures: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+            return self.processor.resize(
+                pictures, size=SizeDict(height=size[0], width=size[1]), resample=settings["resample"]
+            )
+
+        def store(count: int, name: str) -> ResizingFrameStore:
+            return ResizingFrameStore(count, name, lambda h, w: self.frame_size(h, w, count, settings), resize)
+
+        return store
+
+    @staticmethod
+    def frame_size(height: int, width: int, count: int, settings: dict) -> tuple[int, int]:
+        """The one size every frame of a `count`-frame clip is resized to: within min/max pixels, and within
+        `total_pixels` over the frames given to the model (a frame repeated to make the count even included)."""
+        if settings["pad_to_even_frames"] and count % 2:
+            count += 1
+        patch, merge = settings["patch_size"], settings["merge_size"]
+        min_pixels, max_pixels = settings["min_pixels"], settings["max_pixels"]
+        if settings["total_pixels"]:
+            max_pixels = max((patch * merge) ** 2, min(max_pixels, settings["total_pixels"] // count))
+            min_pixels = min(min_pixels, max_pixels)
+        return smart_resize(height, width, patch * merge, min_pixels, max_pixels)
+
     def clip_to_item(self, clip: DecodedClip, settings: dict) -> SampledVideo:
-        """Resize every frame to one size within the pixel budget, normalise, patchify; grid rows, positions, runs."""
+        """Resize every frame to one size within the pixel budget (unless `load` already did, as it decoded),
+        normalise, patchify; grid rows, positions, runs."""
         if settings["video_format"] not in VIDEO_FORMATS:
             raise ValueError(f"video_format must be one of {VIDEO_FORMATS}, got {settings['video_format']!r}.")
         frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2)  # [T, 3, H, W] uint8
+        source_h, source_w = clip.source_hw or frames.shape[-2:]
         indices, timestamps = list(clip.frame_indices), list(clip.timestamps)
+        height, width = self.frame_size(source_h, source_w, len(frames), settings)
+        if settings["do_resize"] and frames.shape[-2:] != (height, width):
+            frames = self.processor.resize(
+                frames, size=SizeDict(height=height, width=width), resample=settings["resample"]
+            )
         if settings["pad_to_even_frames"] and len(frames) % 2:
             frames = torch.cat([frames, frames[-1:]])
             indices.append(indices[-1])
             timestamps.append(timestamps[-1])
         patch, merge = settings["patch_size"], settings["merge_size"]
-        min_pixels, max_pixels = settings["min_pixels"], settings["max_pixels"]
-        if settings["total_pixels"]:
-            max_pixels = max((patch * merge) ** 2, min(max_pixels, settings["total_pixels"] // len(frames)))
-            min_pixels = min(min_pixels, max_pixels)
-        height, width = smart_resize(frames.shape[-2], frames.shape[-1], patch * merge, min_pixels, max_pixels)
-        if settings["do_resize"]:
-            frames = self.processor.resize(
-                frames, size=SizeDict(height=height, width=width), resample=settings["resample"]
-            )
         grid_h, grid_w = frames.shape[-2] // patch, frames.shape[-1] // patch
         t_values = indices if settings["temporal_positions"] == "frame_index" else [0] * len(indices)
         training = settings["video_format"] == "training"
@@ -162,8 +240,8 @@ class FramesSampler(VideoSampler):
         metadata = LlavaOnevision2VideoMetadata(
             total_num_frames=clip.total_num_frames,
             fps=clip.fps,
-            width=int(clip.frames.shape[2]),
-            height=int(clip.frames.shape[1]),
+            width=int(source_w),
+            height=int(source_h),
             duration=clip.duration,
             video_backend=self.name,
             frames_indices=indices,

@@ -111,6 +111,12 @@ def split_items(outputs, fills: str, rows_per_item: Sequence[int] | None = None)
     return items
 
 
+def concatenated(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`torch.cat` that hands back a lone tensor as it is: one long video's pixel rows (gigabytes at the released
+    defaults) are then never held twice."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors))
+
+
 def join_items(items: Sequence[VisualItem], as_numpy: bool = False) -> dict:
     """Concatenate items, in the order given, under the keys their `fills` names (kinds with no item get no keys)."""
     joined = {}
@@ -118,9 +124,9 @@ def join_items(items: Sequence[VisualItem], as_numpy: bool = False) -> dict:
         chosen = [item for item in items if item.fills == fills]
         if not chosen:
             continue
-        joined[pixel_key] = torch.cat([item.pixel_values for item in chosen])
-        joined[grid_key] = torch.cat([item.grid_thw.view(-1, 3) for item in chosen]).long()
-        joined[positions_key] = torch.cat([item.positions for item in chosen]).long()
+        joined[pixel_key] = concatenated([item.pixel_values for item in chosen])
+        joined[grid_key] = concatenated([item.grid_thw.view(-1, 3) for item in chosen]).long()
+        joined[positions_key] = concatenated([item.positions for item in chosen]).long()
     if as_numpy:
         joined = {key: np.asarray(value) for key, value in joined.items()}
     return joined

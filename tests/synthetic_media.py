@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -90,6 +91,33 @@ def encode_empty_video_stream() -> bytes:
         video = container.add_stream("libx264", rate=10)
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         write_silence(container)
+    return buffer.getvalue()
+
+
+def encode_resolution_change(sizes=((96, 64), (128, 96)), frames_each: int = 10, rate: int = 10) -> bytes:
+    """An MPEG-TS H.264 stream whose picture size changes mid-stream (as broadcast captures do at ad breaks): one
+    encoder per size, their packets muxed into one stream; frame i shows `synthetic_frame(i)` at its segment's size."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = sizes[0][0], sizes[0][1], "yuv420p"
+        index = 0
+        for width, height in sizes:
+            encoder = av.CodecContext.create("libx264", "w")
+            encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+            encoder.time_base, encoder.framerate = Fraction(1, rate), rate
+            encoder.options = {"bframes": "0"}
+            pictures = []
+            for _ in range(frames_each):
+                picture = av.VideoFrame.from_ndarray(synthetic_frame(index, width, height), format="rgb24")
+                picture = picture.reformat(format="yuv420p")
+                picture.pts, picture.time_base = index, Fraction(1, rate)
+                pictures.append(picture)
+                index += 1
+            for picture in [*pictures, None]:
+                for packet in encoder.encode(picture):
+                    packet.stream = stream
+                    container.mux(packet)
     return buffer.getvalue()
 
 

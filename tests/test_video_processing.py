@@ -10,6 +10,7 @@ import torch
 from synthetic_media import (
     encode_audio_only,
     encode_empty_video_stream,
+    encode_resolution_change,
     encode_video,
     frame_level,
     rotate_mp4,
@@ -150,6 +151,56 @@ def test_same_pixels_from_file_and_from_decoded_frames():
     clip = read_video(data, num_frames=2)
     from_frames = processor(clip.frames, video_metadata={"fps": 10.0}, num_frames=2, return_metadata=True)
     assert torch.equal(from_file["pixel_values_videos"], from_frames["pixel_values_videos"])
+
+
+@pytest.mark.parametrize(
+    "settings, model_hw",
+    [
+        # 3 frames and a repeated one share a 4-frame budget: 3920 pixels each (3 would get 5226, i.e. 56x84)
+        (dict(num_frames=3, pad_to_even_frames=True, total_pixels=4 * 28 * 28 * 5), (28, 56)),
+        (dict(num_frames=4, total_pixels=4 * 28 * 28 * 5), (28, 56)),  # a clip-wide budget shrinks every frame
+        (dict(num_frames=5, video_format="training", max_pixels=28 * 28 * 20), (56, 84)),  # one multi-frame row
+    ],
+    ids=["padded", "total_pixels", "training"],
+)
+@pytest.mark.parametrize("rotated", [False, True], ids=["landscape", "portrait"])
+def test_frames_resized_as_they_are_decoded_equal_frames_resized_afterwards(monkeypatch, settings, model_hw, rotated):
+    """The file path resizes each frame as it is decoded (a long 4K clip is never held at full size) and normalises
+    a few frames at a time; the result is exactly that of resizing and normalising the whole clip at once, which is
+    what decoded frames given in memory go through."""
+    from llava_onevision2.processing import video_samplers_llava_onevision2 as samplers
+
+    data = encode_video(num_frames=20, rate=10)
+    data = rotate_mp4(data, 90) if rotated else data
+    processor = LlavaOnevision2VideoProcessor(**{**SMALL, **{k: v for k, v in settings.items() if "pixels" in k}})
+    call = {k: v for k, v in settings.items() if "pixels" not in k}
+    whole_clip = read_video(data, num_frames=settings["num_frames"])
+    at_once = processor(whole_clip.frames, video_metadata={"fps": 10.0}, **call, return_metadata=True)
+    monkeypatch.setattr(samplers, "RESIZE_CHUNK_BYTES", 1)  # one frame per resize
+    monkeypatch.setattr(samplers, "NORMALIZE_CHUNK_BYTES", 1)  # one frame per normalisation
+    as_decoded = processor(data, **call, return_metadata=True)
+    assert torch.equal(as_decoded["pixel_values_videos"], at_once["pixel_values_videos"])
+    assert torch.equal(as_decoded["video_grid_thw"], at_once["video_grid_thw"])
+    metadata = as_decoded["video_metadata"][0]
+    assert (metadata.height, metadata.width) == whole_clip.frames.shape[1:3]  # the decoded size, not the model's
+    sampler = FramesSampler(processor)
+    resolved = processor.resolve_settings(call)
+    held = sampler.load(data, None, resolved, "clip")
+    model_hw = model_hw[::-1] if rotated else model_hw
+    assert as_decoded["video_grid_thw"][0, 1:].tolist() == [side // 14 for side in model_hw]
+    assert held.frames.shape[1:3] == model_hw and held.source_hw == whole_clip.frames.shape[1:3] != model_hw
+
+
+def test_a_stream_that_changes_picture_size_mid_stream():
+    data = encode_resolution_change(sizes=((96, 64), (128, 96)), frames_each=10)
+    with pytest.raises(ValueError, match=r"changes picture size mid-stream: frame 10 is 128x96, earlier ones 96x64"):
+        read_video(data, num_frames=20)
+    processor = LlavaOnevision2VideoProcessor(**SMALL)
+    out = processor(data, num_frames=20, return_metadata=True)
+    assert out["video_metadata"][0].frames_indices == list(range(20))
+    assert out["video_grid_thw"].tolist() == [[1, 4, 6]] * 20  # every frame at the first frame's model size
+    clip = FramesSampler(processor).load(data, None, processor.resolve_settings({"num_frames": 20}), "clip")
+    assert_frames_are(clip, range(20))  # the larger frames were resized, not dropped or misplaced
 
 
 def test_bad_video_inputs_name_the_input(tmp_path):
