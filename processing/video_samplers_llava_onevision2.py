@@ -117,10 +117,17 @@ class VideoSampler:
                 settings["image_mean"],
                 settings["image_std"],
             )
-            chunk = patchify(chunk, settings["patch_size"], settings["merge_size"])
             if rows is None:
-                rows = torch.empty((len(pictures) * rows_per_frame, chunk.shape[1]), dtype=chunk.dtype)
-            rows[start * rows_per_frame : start * rows_per_frame + len(chunk)] = chunk
+                rows = torch.empty(
+                    (len(pictures) * rows_per_frame, chunk[0].numel() // rows_per_frame), dtype=chunk.dtype
+                )
+            first = start * rows_per_frame
+            patchify(
+                chunk,
+                settings["patch_size"],
+                settings["merge_size"],
+                out=rows[first : first + len(chunk) * rows_per_frame],
+            )
         return rows
 
 
@@ -143,7 +150,10 @@ class ResizingFrameStore(FrameStore):
         if self.frames is None:
             self.source_hw = tuple(frame.shape[:2])
             height, width = self.size_for(*self.source_hw)
-            self.frames = np.empty((self.count, height, width, 3), dtype=np.uint8)
+            # Held channels-first, as resized and as normalised (no strided copy either way); `frames` is the
+            # [T, H, W, 3] view of it.
+            self.planar = np.empty((self.count, 3, height, width), dtype=np.uint8)
+            self.frames = self.planar.transpose(0, 2, 3, 1)
         if self.pending and (
             frame.shape != self.pending[0].shape or (len(self.pending) + 1) * frame.nbytes > RESIZE_CHUNK_BYTES
         ):
@@ -154,8 +164,8 @@ class ResizingFrameStore(FrameStore):
         if not self.pending:
             return
         batch = torch.from_numpy(np.stack(self.pending)).permute(0, 3, 1, 2)
-        resized = self.resize(batch, self.frames.shape[1:3]).permute(0, 2, 3, 1)
-        self.frames[self.stored : self.stored + len(resized)] = resized.numpy()
+        resized = self.resize(batch, self.frames.shape[1:3])
+        self.planar[self.stored : self.stored + len(resized)] = resized.numpy()
         self.stored += len(resized)
         self.pending = []
 

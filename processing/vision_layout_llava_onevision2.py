@@ -25,10 +25,11 @@ from transformers.image_utils import SizeDict
 from .resize_rule_llava_onevision2 import smart_resize
 
 
-def patchify(frames: torch.Tensor, patch_size: int, merge_size: int) -> torch.Tensor:
+def patchify(frames: torch.Tensor, patch_size: int, merge_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """`[T, C, H, W]` frames -> `[T * H/P * W/P, C * P * P]` rows, frame by frame, each frame in block layout.
 
-    A row is one patch flattened channel-major (C, P, P). H and W must be multiples of P * merge.
+    A row is one patch flattened channel-major (C, P, P). H and W must be multiples of P * merge. `out`: a
+    contiguous tensor of that shape to write the rows into (one copy instead of two).
     """
     num_frames, channels, height, width = frames.shape
     grid_h, grid_w = height // patch_size, width // patch_size
@@ -46,7 +47,10 @@ def patchify(frames: torch.Tensor, patch_size: int, merge_size: int) -> torch.Te
     )
     # -> [T, h/m, w/m, m (row), m (col), C, P, P]
     patches = patches.permute(0, 2, 5, 3, 6, 1, 4, 7)
-    return patches.reshape(num_frames * grid_h * grid_w, channels * patch_size * patch_size)
+    if out is None:
+        return patches.reshape(num_frames * grid_h * grid_w, channels * patch_size * patch_size)
+    out.view(patches.shape).copy_(patches)
+    return out
 
 
 def block_layout_positions(frame_positions: Sequence[int], grid_h: int, grid_w: int, merge_size: int) -> torch.Tensor:
