@@ -592,7 +592,7 @@ def sample_decoded_frames(
     duration = len(array) / fps
     wanted = sample_frame_indices(timestamps, duration, sample_fps, num_frames, max_frames, keep_all)
     return DecodedClip(
-        frames=array[wanted],
+        frames=array if len(wanted) == len(array) else array[wanted],  # all kept: no copy of the clip
         frame_indices=wanted,
         timestamps=[float(timestamps[i]) for i in wanted],
         total_num_frames=len(array),

@@ -211,6 +211,14 @@ class FramesSampler(VideoSampler):
 
         return store
 
+    def resized(self, clip: DecodedClip, settings: dict) -> np.ndarray:
+        """Frames given in memory, resized a few at a time as decoded ones are (`ResizingFrameStore`): resizing a
+        whole clip at once holds it in float, four times its uint8 size."""
+        store = self.resizing_store(settings)(len(clip.frames), clip.source)
+        for position, frame in zip(clip.frame_indices, clip.frames):
+            store.add(frame, position)
+        return store.result()
+
     @staticmethod
     def frame_size(height: int, width: int, count: int, settings: dict) -> tuple[int, int]:
         """The one size every frame of a `count`-frame clip is resized to: within min/max pixels, and within
@@ -234,9 +242,7 @@ class FramesSampler(VideoSampler):
         indices, timestamps = list(clip.frame_indices), list(clip.timestamps)
         height, width = self.frame_size(source_h, source_w, len(frames), settings)
         if settings["do_resize"] and frames.shape[-2:] != (height, width):
-            frames = self.processor.resize(
-                frames, size=SizeDict(height=height, width=width), resample=settings["resample"]
-            )
+            frames = torch.from_numpy(self.resized(clip, settings)).permute(0, 3, 1, 2)
         if settings["pad_to_even_frames"] and len(frames) % 2:
             frames = torch.cat([frames, frames[-1:]])
             indices.append(indices[-1])

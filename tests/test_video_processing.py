@@ -16,6 +16,7 @@ from synthetic_media import (
     rotate_mp4,
     synthetic_frame,
 )
+from transformers.image_utils import SizeDict
 
 from llava_onevision2.processing.video_decoding_llava_onevision2 import (
     DecodedClip,
@@ -28,7 +29,7 @@ from llava_onevision2.processing.video_decoding_llava_onevision2 import (
 )
 from llava_onevision2.processing.video_processing_llava_onevision2 import LlavaOnevision2VideoProcessor
 from llava_onevision2.processing.video_samplers_llava_onevision2 import FramesSampler
-from llava_onevision2.processing.vision_layout_llava_onevision2 import block_layout_positions
+from llava_onevision2.processing.vision_layout_llava_onevision2 import block_layout_positions, patchify
 
 SMALL = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 8)
 
@@ -164,10 +165,10 @@ def test_same_pixels_from_file_and_from_decoded_frames():
     ids=["padded", "total_pixels", "training"],
 )
 @pytest.mark.parametrize("rotated", [False, True], ids=["landscape", "portrait"])
-def test_frames_resized_as_they_are_decoded_equal_frames_resized_afterwards(monkeypatch, settings, model_hw, rotated):
-    """The file path resizes each frame as it is decoded (a long 4K clip is never held at full size) and normalises
-    a few frames at a time; the result is exactly that of resizing and normalising the whole clip at once, which is
-    what decoded frames given in memory go through."""
+def test_frames_resized_a_few_at_a_time_equal_the_whole_clip_resized_at_once(monkeypatch, settings, model_hw, rotated):
+    """The file path resizes each frame as it is decoded (a long 4K clip is never held at full size), frames given in
+    memory are resized a few at a time the same way, and both normalise a few frames at a time; the rows are exactly
+    those of resizing and normalising the whole clip in one call."""
     from llava_onevision2.processing import video_samplers_llava_onevision2 as samplers
 
     data = encode_video(num_frames=20, rate=10)
@@ -175,19 +176,28 @@ def test_frames_resized_as_they_are_decoded_equal_frames_resized_afterwards(monk
     processor = LlavaOnevision2VideoProcessor(**{**SMALL, **{k: v for k, v in settings.items() if "pixels" in k}})
     call = {k: v for k, v in settings.items() if "pixels" not in k}
     whole_clip = read_video(data, num_frames=settings["num_frames"])
-    at_once = processor(whole_clip.frames, video_metadata={"fps": 10.0}, **call, return_metadata=True)
+    model_hw = model_hw[::-1] if rotated else model_hw
+    pictures = processor.resize(
+        torch.from_numpy(whole_clip.frames).permute(0, 3, 1, 2),
+        size=SizeDict(height=model_hw[0], width=model_hw[1]),
+        resample=processor.resample,
+    )
+    if settings.get("pad_to_even_frames") and len(pictures) % 2:
+        pictures = torch.cat([pictures, pictures[-1:]])
+    normalised = processor.rescale_and_normalize(
+        pictures, True, processor.rescale_factor, True, processor.image_mean, processor.image_std
+    )
+    expected = patchify(normalised, 14, 2)
     monkeypatch.setattr(samplers, "RESIZE_CHUNK_BYTES", 1)  # one frame per resize
     monkeypatch.setattr(samplers, "NORMALIZE_CHUNK_BYTES", 1)  # one frame per normalisation
     as_decoded = processor(data, **call, return_metadata=True)
-    assert torch.equal(as_decoded["pixel_values_videos"], at_once["pixel_values_videos"])
-    assert torch.equal(as_decoded["video_grid_thw"], at_once["video_grid_thw"])
+    in_memory = processor(whole_clip.frames, video_metadata={"fps": 10.0}, **call, return_metadata=True)
+    assert torch.equal(as_decoded["pixel_values_videos"], expected)
+    assert torch.equal(in_memory["pixel_values_videos"], expected)
+    assert as_decoded["video_grid_thw"][0, 1:].tolist() == [side // 14 for side in model_hw]
     metadata = as_decoded["video_metadata"][0]
     assert (metadata.height, metadata.width) == whole_clip.frames.shape[1:3]  # the decoded size, not the model's
-    sampler = FramesSampler(processor)
-    resolved = processor.resolve_settings(call)
-    held = sampler.load(data, None, resolved, "clip")
-    model_hw = model_hw[::-1] if rotated else model_hw
-    assert as_decoded["video_grid_thw"][0, 1:].tolist() == [side // 14 for side in model_hw]
+    held = FramesSampler(processor).load(data, None, processor.resolve_settings(call), "clip")
     assert held.frames.shape[1:3] == model_hw and held.source_hw == whole_clip.frames.shape[1:3] != model_hw
 
 
