@@ -10,13 +10,14 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
 2. geometry: one canvas size for all frames, sides multiples of patch x merge, area about `max_pixels`;
 3. score maps: the released per-macroblock bit-cost where it can be read (`score_source="auto"`, the default:
    codec-video-prep installed, a file path, H.264/HEVC; `"bitcost"` insists on it). Otherwise, for 8-bit H.264 up
-   to 1080p (`"residual"`; `RESIDUAL_AUTO_MAX_PIXELS`), what the encoder left to code: each block's prediction rebuilt from the decoder's exported motion
-   vectors and the reference pictures they point at (`codec_residual_llava_onevision2`), subtracted from the
-   unfiltered decoded picture, per 4x4 cell log2 of the residual beyond a dead zone, summed per macroblock
-   (`residual_macroblock_scores`). For every other codec and larger frames (`"framediff"`), per 4x4-pixel cell the
-   smallest absolute luma difference to the immediately preceding decoded frame over +-`shift_radius`
-   half-resolution pixels of displacement (motion-tolerant block matching; frames above 1080p are compared at quarter resolution, where a
-   cell is one pixel, `ScoringScale`), summed per 16x16 macroblock and turned into modeled bits
+   to 1080p (`"residual"`; `RESIDUAL_AUTO_MAX_PIXELS`), what the encoder left to code: each block's prediction
+   rebuilt from the decoder's exported motion vectors and the reference pictures they point at
+   (`codec_residual_llava_onevision2`), subtracted from the unfiltered decoded picture, per 4x4 cell log2 of the
+   residual beyond a dead zone, summed per macroblock (`residual_macroblock_scores`). For every other codec and
+   larger frames (`"framediff"`), per 4x4-pixel cell the smallest absolute luma difference to the immediately
+   preceding decoded frame over +-`shift_radius` half-resolution pixels of displacement (motion-tolerant block
+   matching; frames above 1080p are compared at quarter resolution, where a cell is one pixel, `ScoringScale`),
+   summed per 16x16 macroblock and turned into modeled bits
    (`modeled_macroblock_bits`: skipped below a threshold, a base cost plus bits per doubling above it, the threshold
    set so the frame's modeled bits equal its packet bits). Maps take the grid the release reads for the codec (H.264
    macroblocks; 64x64 units for HEVC and VP9, `modeled_bits_map`) and go through the released transform: log1p,
@@ -369,8 +370,8 @@ class ScoringScale:
         return CELL // self.factor
 
     def radius(self, shift_radius: int) -> int:
-        """`shift_radius` is in half-resolution pixels; the same displacement at this scale (at least 1)."""
-        return max(1, shift_radius * 2 // self.factor)
+        """`shift_radius` is in half-resolution pixels; at this scale, at least the same displacement (0 stays 0)."""
+        return -(-shift_radius * 2 // self.factor)
 
 
 MACROBLOCK_CELLS = 4  # a 16x16-pixel macroblock spans 4x4 score cells

@@ -81,7 +81,7 @@ def test_scoring_scale_keeps_4x4_pixel_cells():
     full_hd, uhd = ScoringScale.for_frame(1920, 1080), ScoringScale.for_frame(3840, 2160)
     assert (full_hd.factor, full_hd.width, full_hd.height, full_hd.cell, full_hd.radius(2)) == (2, 960, 540, 2, 2)
     assert (uhd.factor, uhd.width, uhd.height, uhd.cell, uhd.radius(2)) == (4, 960, 540, 1, 1)
-    assert uhd.radius(5) == 2 and ScoringScale.for_frame(2, 2).width == 4
+    assert uhd.radius(5) == 3 and uhd.radius(0) == full_hd.radius(0) == 0 and ScoringScale.for_frame(2, 2).width == 4
 
 
 def assert_collages_follow_the_box(sample, corners):
