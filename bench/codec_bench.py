@@ -28,8 +28,8 @@ stand-in is read against; and re-encodes it with libx265 to compare `framediff` 
 released HEVC bit-cost of that file.
 
 `--high-res` scales the animation clip to phone sizes (10 s at 30 fps; it loops once, a hard cut) and encodes it
-like a phone's hardware encoder would (single reference, no B-frames: x264/x265 `ultrafast`), cached under
-bench/results/. It times `score_source="stock"`: what `auto` picks where codec-video-prep is not installed (the
+with x264/x265 `ultrafast` (one reference and no B-frames, as many phone encoders use; full-pixel motion, which they
+do not), cached under bench/results/. It times `score_source="stock"`: what `auto` picks where codec-video-prep is not installed (the
 residual for H.264 up to 1080p, framediff above it and for HEVC), against the released tool, and that signal's
 agreement with the released bit-cost.
 """
