@@ -484,27 +484,44 @@ def block_scores(scores: np.ndarray, patch: int, merge: int) -> np.ndarray:
 
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+LUMA_WEIGHTS_BGR = np.ascontiguousarray(LUMA_WEIGHTS[::-1])  # contiguous: a reversed view takes numpy's slow path
+
+
+BAD_FRAME_SUBSAMPLE = 61  # every 61st pixel: its channel ranges bound the frame's from below, so most frames skip
+# the flat test's full passes
 
 
 def is_bad_frame(picture: np.ndarray, bgr: bool = False) -> bool:
-    """Black, flat or green-corrupted frames never anchor and offer no blocks (the release's tests, computed lazily:
-    the per-channel statistics only for frames whose luma is already flat). `bgr`: channels in BGR order."""
-    luma = picture.astype(np.float32) @ (LUMA_WEIGHTS[::-1] if bgr else LUMA_WEIGHTS)
-    luma_mean, luma_std = float(luma.mean()), float(luma.std())
-    if luma_mean <= 8 and luma_std <= 6:
-        return True
-    if luma_std <= 4:
-        channels = picture.reshape(-1, 3).astype(np.float32)
-        if (channels.std(axis=0) <= 4).all() and (np.ptp(channels, axis=0) <= 12).all():
+    """Black, flat or green-corrupted frames never anchor and offer no blocks (the release's tests). `bgr`: channels
+    in BGR order. Every candidate is tested, so each test runs its full passes over the pixels only where cheap exact
+    bounds leave it open: the channel means (one matrix product) decide the dark and green-cast tests, a subsample's
+    channel ranges rule out flatness (a subset's range never exceeds the whole's), and Markov's inequality on the
+    green mean rules out the bright-green test."""
+    pixels = picture.reshape(-1, 3)
+    red, green, blue = (2, 1, 0) if bgr else (0, 1, 2)
+    weights = LUMA_WEIGHTS_BGR if bgr else LUMA_WEIGHTS
+    channel_means = (np.ones(len(pixels), dtype=np.float32) @ pixels.astype(np.float32)) / len(pixels)
+    maybe_dark = float(channel_means @ weights) <= 8.5  # margin for float rounding; decided exactly below
+    maybe_flat = bool((np.ptp(pixels[::BAD_FRAME_SUBSAMPLE], axis=0) <= 12).all())
+    if maybe_dark or maybe_flat:
+        channels = pixels.astype(np.float32)
+        luma = channels @ weights
+        luma_mean, luma_std = float(luma.mean()), float(luma.std())
+        if luma_mean <= 8 and luma_std <= 6:
             return True
-    red, green, blue = (picture[..., 2], picture[..., 1], picture[..., 0]) if bgr else np.moveaxis(picture, -1, 0)
-    bright_green = green >= 180
-    if bright_green.mean() >= 0.35 and (bright_green & (red <= 90) & (blue <= 90)).mean() >= 0.35:
-        return True  # decoder-green blocks over a third of the frame
-    green_mean = float(green.mean())
-    # a green cast: each condition only evaluated when the cheaper ones before it hold
+        if luma_std <= 4 and (channels.std(axis=0) <= 4).all() and (np.ptp(channels, axis=0) <= 12).all():
+            return True
+    green_mean = float(channel_means[green])
+    green_plane = picture[..., green]
+    if green_mean >= 0.35 * 180 and np.count_nonzero(green_plane >= 180) >= 0.35 * len(pixels):
+        green_only = (green_plane >= 180) & (picture[..., red] <= 90) & (picture[..., blue] <= 90)
+        if np.count_nonzero(green_only) >= 0.35 * len(pixels):
+            return True  # decoder-green blocks over a third of the frame
+    # a green cast: the spread only evaluated when the means already say green
     return (
-        green_mean > 120 and green_mean - max(float(red.mean()), float(blue.mean())) > 80 and float(green.std()) < 50
+        green_mean > 120
+        and green_mean - max(float(channel_means[red]), float(channel_means[blue])) > 80
+        and float(green_plane.std()) < 50
     )
 
 
@@ -612,7 +629,7 @@ def select_group(
 
 
 def pack_group(
-    frames: np.ndarray,
+    frames: list[np.ndarray],
     frame_ids: list[int],
     anchor: int,
     selected: list[tuple[int, int]],
@@ -620,30 +637,31 @@ def pack_group(
     patch: int,
     merge: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Canvases (anchor first) and their block-layout positions for one group."""
+    """Canvases (anchor first) and their block-layout positions for one group: slot k of the group's canvases, in
+    canvas-raster order of blocks, holds the k-th source block (the anchor's blocks, then the selected ones)."""
     rows, cols = blocks_hw
     per_canvas = rows * cols
     block_px = patch * merge
-    sources = [(anchor, index) for index in range(per_canvas)] + selected
-    canvases = np.empty((len(sources) // per_canvas, rows * block_px, cols * block_px, 3), dtype=np.uint8)
-    positions = np.empty((len(sources) * merge * merge, 3), dtype=np.int64)
-    within = np.stack(np.meshgrid(np.arange(merge), np.arange(merge), indexing="ij"), axis=-1).reshape(-1, 2)
-    for slot, (offset, block) in enumerate(sources):
-        canvas, slot_in_canvas = divmod(slot, per_canvas)
-        block_row, block_col = divmod(block, cols)
-        slot_row, slot_col = divmod(slot_in_canvas, cols)
-        canvases[
-            canvas, slot_row * block_px : (slot_row + 1) * block_px, slot_col * block_px : (slot_col + 1) * block_px
-        ] = frames[
-            offset,
-            block_row * block_px : (block_row + 1) * block_px,
-            block_col * block_px : (block_col + 1) * block_px,
-        ]
-        rows_of_patches = slot * merge * merge
-        positions[rows_of_patches : rows_of_patches + merge * merge, 0] = frame_ids[offset]
-        positions[rows_of_patches : rows_of_patches + merge * merge, 1] = block_row * merge + within[:, 0]
-        positions[rows_of_patches : rows_of_patches + merge * merge, 2] = block_col * merge + within[:, 1]
-    return canvases, positions
+    offsets = np.array([anchor] * per_canvas + [offset for offset, _ in selected], dtype=np.int64)
+    blocks = np.array(list(range(per_canvas)) + [block for _, block in selected], dtype=np.int64)
+    count = len(offsets) // per_canvas
+    canvases = np.empty((count, rows * block_px, cols * block_px, 3), dtype=np.uint8)
+    # (canvas, slot row, slot col) -> one block of pixels; written through the view, one source frame at a time
+    slots = canvases.reshape(count, rows, block_px, cols, block_px, 3).transpose(0, 1, 3, 2, 4, 5)
+    canvas_index, slot_in_canvas = np.divmod(np.arange(len(offsets)), per_canvas)
+    slot_rows, slot_cols = np.divmod(slot_in_canvas, cols)
+    block_rows, block_cols = np.divmod(blocks, cols)
+    for offset in np.unique(offsets):
+        mine = offsets == offset
+        picture = frames[offset][: rows * block_px, : cols * block_px]
+        source = picture.reshape(rows, block_px, cols, block_px, 3).transpose(0, 2, 1, 3, 4)
+        slots[canvas_index[mine], slot_rows[mine], slot_cols[mine]] = source[block_rows[mine], block_cols[mine]]
+    within_row, within_col = np.divmod(np.arange(merge * merge), merge)  # a block's patches, row by row
+    positions = np.empty((len(offsets), merge * merge, 3), dtype=np.int64)
+    positions[..., 0] = np.asarray(frame_ids, dtype=np.int64)[offsets][:, None]
+    positions[..., 1] = block_rows[:, None] * merge + within_row
+    positions[..., 2] = block_cols[:, None] * merge + within_col
+    return canvases, positions.reshape(-1, 3)
 
 
 # -- decode pass ----------------------------------------------------------------------------------------------------
@@ -956,16 +974,15 @@ def store_cached(path: str, sample: CodecSample) -> None:
     os.replace(temporary, path)
 
 
-def resolve_score_source(config: CodecSamplingConfig, source) -> CodecSamplingConfig:
+def resolve_score_source(config: CodecSamplingConfig, source, codec: str) -> CodecSamplingConfig:
     """Whether `score_source="auto"` reads the released bit-cost, decided before the cache lookup so the cache key
     names it: when codec-video-prep is installed, the video is a file path (the patched decoder opens files itself)
-    and its codec is H.264 or HEVC. Otherwise "auto" stays and becomes a stock signal once the stream is open
+    and its `codec` is H.264 or HEVC. Otherwise "auto" stays and becomes a stock signal once the stream is indexed
     (`stock_score_source`); that choice follows from the file's bytes, which the key already holds."""
     if config.score_source != "auto":
         return config
     readable = bitcost_reader() is not None and isinstance(source, (str, os.PathLike))
-    codec = stream_codec(source) if readable else None
-    return with_signal(config, "bitcost") if codec in BITCOST_CODECS else config
+    return with_signal(config, "bitcost") if readable and codec in BITCOST_CODECS else config
 
 
 def with_signal(config: CodecSamplingConfig, signal: str) -> CodecSamplingConfig:
@@ -1000,31 +1017,20 @@ def stock_score_source(config: CodecSamplingConfig, codec: str, pixel_format: st
     return config
 
 
-def stream_codec(path) -> str | None:
-    """The codec name of a file's first video stream (container header only), or None when it cannot be read."""
-    try:
-        container = open_video(path)
-    except (OSError, ValueError):
-        return None  # the sampler itself reports the problem
-    try:
-        return container.streams.video[0].codec_context.name
-    finally:
-        container.close()
-
-
 def sample_codec_video(
     source, config: CodecSamplingConfig | None = None, keep_candidates: bool = False
 ) -> CodecSample:
     """Run the codec-aligned selection on one video (a path, bytes or a binary file object)."""
-    requested = (config or CodecSamplingConfig()).score_source
-    config = resolve_score_source(config or CodecSamplingConfig(), source)
-    deadline = time.monotonic() + config.timeout
-    path = None if keep_candidates else cache_path(source, config)
-    if path is not None and (cached := load_cached(path)) is not None:
-        return cached
+    config = config or CodecSamplingConfig()
+    requested = config.score_source
     name = describe_source(source)
-    container = open_video(source)
+    container = open_video(source)  # once: the codec in its header also decides the signal (and the cache key)
     try:
+        config = resolve_score_source(config, source, container.streams.video[0].codec_context.name)
+        deadline = time.monotonic() + config.timeout
+        path = None if keep_candidates else cache_path(source, config)
+        if path is not None and (cached := load_cached(path)) is not None:
+            return cached
         index = index_video_stream(container, name)
         check_complete(index, name, config.allow_truncated)
         decoder = container.streams.video[0].codec_context
@@ -1089,12 +1095,20 @@ def sample_codec_video(
     return sample
 
 
-def stack_frames(frames: dict, frame_ids: list[int]) -> np.ndarray:
-    """One array of the frames, emptying `frames` as it goes: each frame is held once, never twice, at the peak."""
-    first = frames[frame_ids[0]]
-    stack = np.empty((len(frame_ids), *first.shape), dtype=first.dtype)
-    for slot, frame_id in enumerate(frame_ids):
-        stack[slot] = frames.pop(frame_id)
+def swap_red_blue(pictures: np.ndarray) -> np.ndarray:
+    """BGR <-> RGB in place, one plane at a time (a reversed-axis copy is several times slower and holds twice)."""
+    blue = pictures[..., 0].copy()
+    pictures[..., 0] = pictures[..., 2]
+    pictures[..., 2] = blue
+    return pictures
+
+
+def stack_frames(frames: list[np.ndarray]) -> np.ndarray:
+    """One array of the frames, emptying the list as it goes: each frame is held once, never twice, at the peak."""
+    stack = np.empty((len(frames), *frames[0].shape), dtype=frames[0].dtype)
+    for slot in range(len(frames)):
+        stack[slot] = frames[slot]
+        frames[slot] = None
     return stack
 
 
@@ -1104,7 +1118,7 @@ def select_and_pack(
     """Scores -> groups -> selection -> canvases. `bgr`: the frames hold BGR pictures (the released reader's);
     only what is returned is turned to RGB, which spares a strided copy of every candidate."""
     candidate_ids = sorted(frames)
-    frame_stack = stack_frames(frames, candidate_ids)
+    candidate_frames = [frames.pop(i) for i in candidate_ids]  # a list: stacking would copy every candidate
     block_px = config.patch * config.merge
     blocks_hw = (canvas_hw[0] // block_px, canvas_hw[1] // block_px)
     blocks_per_canvas = blocks_hw[0] * blocks_hw[1]
@@ -1121,7 +1135,7 @@ def select_and_pack(
             for i in candidate_ids
         ]
     )
-    bad = np.array([is_bad_frame(frame, bgr) for frame in frame_stack])
+    bad = np.array([is_bad_frame(frame, bgr) for frame in candidate_frames])
     budget = (config.images_per_group - 1) * blocks_per_canvas
     canvases, positions, groups, selections = [], [], [], []
     for start, end, reason in readiness_groups(block_matrix, config, budget):
@@ -1130,7 +1144,7 @@ def select_and_pack(
             warnings.append(f"group of frames {candidate_ids[start]}..{candidate_ids[end - 1]} has no usable frame")
             continue
         group_canvases, group_positions = pack_group(
-            frame_stack, candidate_ids, anchor, selected, blocks_hw, config.patch, config.merge
+            candidate_frames, candidate_ids, anchor, selected, blocks_hw, config.patch, config.merge
         )
         canvases.append(group_canvases)
         positions.append(group_positions)
@@ -1149,6 +1163,9 @@ def select_and_pack(
         raise ValueError(
             f"Video {name}: no usable frames for codec sampling (all candidate frames are black or flat)."
         )
+    kept_frames = stack_frames(candidate_frames) if keep_candidates else None
+    if kept_frames is not None and bgr:
+        swap_red_blue(kept_frames)
     report = {
         "source": name,
         "score_source": config.score_source,
@@ -1163,14 +1180,14 @@ def select_and_pack(
         "cache": "miss" if config.cache_root else "off",
     }
     return CodecSample(
-        canvases=np.ascontiguousarray(np.concatenate(canvases)[..., ::-1]) if bgr else np.concatenate(canvases),
+        canvases=swap_red_blue(np.concatenate(canvases)) if bgr else np.concatenate(canvases),
         positions=np.concatenate(positions),
         fps=index.fps,
         candidate_ids=candidate_ids,
         candidate_times=[round(float(index.timestamps[i]), 6) for i in candidate_ids],
         groups=groups,
         report=report,
-        candidate_frames=(frame_stack[..., ::-1] if bgr else frame_stack) if keep_candidates else None,
+        candidate_frames=kept_frames,
         selected=selections if keep_candidates else None,
     )
 
