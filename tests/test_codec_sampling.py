@@ -250,6 +250,55 @@ def test_bad_frames_are_black_flat_or_green_corrupted():
     assert not is_bad_frame(picture) and not is_bad_frame(leafy)
 
 
+def released_bad_frame(picture: np.ndarray) -> bool:
+    """The release's four tests written plainly (RGB), every statistic over every pixel."""
+    pixels = picture.reshape(-1, 3).astype(np.float64)
+    luma = pixels @ np.array([0.299, 0.587, 0.114])
+    red, green, blue = pixels.T
+    if luma.mean() <= 8 and luma.std() <= 6:
+        return True
+    if luma.std() <= 4 and (pixels.std(axis=0) <= 4).all() and (np.ptp(pixels, axis=0) <= 12).all():
+        return True
+    if (green >= 180).mean() >= 0.35 and ((green >= 180) & (red <= 90) & (blue <= 90)).mean() >= 0.35:
+        return True
+    return green.mean() > 120 and green.mean() - max(red.mean(), blue.mean()) > 80 and green.std() < 50
+
+
+def test_bad_frame_shortcuts_decide_as_the_full_tests_do():
+    """The sampler skips passes where exact bounds decide a test; frames built to sit at each bound (flat but for
+    pixels the subsample misses, dark, bright green near 35%, green casts) must be judged as the full tests judge
+    them, in both channel orders."""
+    rng = np.random.default_rng(3)
+    verdicts = []
+    for trial in range(600):
+        height, width = rng.integers(8, 70, size=2)
+        kind = trial % 6
+        colour = rng.integers(0, 256, size=3)
+        if kind == 0:  # dark, noisy
+            picture = rng.normal(rng.uniform(0, 14), rng.uniform(0, 9), (height, width, 3))
+        elif kind == 1:  # flat, with a few outliers that a subsample can miss
+            picture = colour + rng.normal(0, rng.uniform(0, 5), (height, width, 3))
+            outliers = rng.random((height, width)) < rng.uniform(0, 0.01)
+            picture[outliers] = rng.integers(0, 256, size=3)
+        elif kind == 2:  # decoder-green patches over roughly a third of a busy or a dark frame
+            picture = rng.integers(0, rng.choice([30, 256]), (height, width, 3)).astype(np.float64)
+            patch = rng.random((height, width)) < rng.uniform(0.25, 0.45)
+            picture[patch] = (rng.integers(0, 100), rng.integers(170, 256), rng.integers(0, 100))
+        elif kind == 3:  # green cast of varying strength and spread
+            cast = (rng.uniform(0, 80), rng.uniform(100, 255), rng.uniform(0, 80))
+            picture = cast + rng.normal(0, rng.uniform(0, 60), (height, width, 3))
+        elif kind == 4:  # ordinary content
+            picture = rng.integers(0, 256, (height, width, 3))
+        else:  # flat within a few levels
+            picture = colour + rng.integers(-7, 8, (height, width, 3))
+        picture = np.clip(picture, 0, 255).astype(np.uint8)
+        expected = released_bad_frame(picture)
+        verdicts.append(expected)
+        assert is_bad_frame(picture) == expected, (trial, kind)
+        assert is_bad_frame(np.ascontiguousarray(picture[..., ::-1]), bgr=True) == expected, (trial, kind)
+    assert 0.2 < np.mean(verdicts) < 0.8  # both verdicts well represented
+
+
 def test_readiness_coverage_bins_and_candidate_count_follow_the_release():
     # bins over relative positions 1..16 of a 17-frame group: edges linspace(1, 17, 4) truncated = 1, 6, 11, 17
     assert time_bins(np.arange(1, 17), 17, 3) == [0] * 5 + [1] * 5 + [2] * 6
