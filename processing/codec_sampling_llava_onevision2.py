@@ -47,12 +47,14 @@ import hashlib
 import json
 import math
 import os
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
+from .codec_reader_segments_llava_onevision2 import plan_segments, read_segments, segment_processes
 from .codec_residual_llava_onevision2 import (
     DECODER_OPTIONS,
     RESIDUAL_CODECS,
@@ -142,6 +144,9 @@ class CodecSamplingConfig:
     shift_radius: int = 2  # motion tolerance in half-resolution pixels
     allow_truncated: bool = False
     progress: bool | None = field(default=None, compare=False)  # None: a bar for videos over 5 minutes
+    # bitcost only: processes reading long videos in keyframe-aligned segments; None: one per usable CPU for videos
+    # long enough to pay for them, 1 inside DataLoader workers (same result either way, so not in the cache key)
+    reader_processes: int | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.cache_root is not None:
@@ -164,6 +169,12 @@ class CodecSamplingConfig:
             )
         if not self.timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}.")
+        if self.reader_processes is not None and not (
+            isinstance(self.reader_processes, int) and self.reader_processes >= 1
+        ):
+            raise ValueError(
+                f"reader_processes must be None (automatic) or an integer >= 1, got {self.reader_processes!r}."
+            )
         if self.score_source not in SCORE_SOURCES:
             raise ValueError(f"score_source must be one of {SCORE_SOURCES}, got {self.score_source!r}.")
         if self.bitcost_grid not in BITCOST_GRIDS:
@@ -176,7 +187,7 @@ class CodecSamplingConfig:
                 "nothing extra."
             )
 
-    SIGNAL_SETTINGS = {"shift_radius": ("framediff",), "bitcost_grid": ("bitcost",)}
+    SIGNAL_SETTINGS = {"shift_radius": ("framediff",), "bitcost_grid": ("bitcost",), "reader_processes": ("bitcost",)}
 
     def check_signal_settings(self) -> None:
         """A setting of one signal given with another signal named explicitly would be ignored: refuse it. Under
@@ -211,7 +222,7 @@ class CodecSamplingConfig:
     def settings(self) -> dict:
         """Every setting that changes the result (the cache key)."""
         values = asdict(self)
-        for name in ("cache_root", "timeout", "progress"):
+        for name in ("cache_root", "timeout", "progress", "reader_processes"):
             values.pop(name)
         return values
 
@@ -855,11 +866,15 @@ def decode_one(frame, position, geometry, candidate_set, frames, reformatter, sc
     return luma
 
 
-def released_reader_pass(source, index, candidate_ids: list[int], config: CodecSamplingConfig, geometry, name: str):
+def released_reader_pass(
+    source, index, candidate_ids: list[int], config: CodecSamplingConfig, geometry, name: str, deadline: float
+):
     """One pass of the released patched decoder (codec-video-prep): each candidate's canvas-size RGB and per-block bit
     counts together, as the release's own default backend reads them (it skips the deblocking filter, so these pixels
-    are the release's, not a fully filtered decode). Returns (frames, bit maps, frames decoded, problem): `problem`
-    says why the pass cannot be trusted (its frame numbering disagrees with our index), else None."""
+    are the release's, not a fully filtered decode). Long videos are read in keyframe-aligned segments by several
+    processes (`codec_reader_segments_llava_onevision2`), with the same result. Returns (frames, bit maps, frames
+    decoded, problem, notes): `problem` says why the pass cannot be trusted (its frame numbering disagrees with our
+    index), else None; `notes` report a segmented read that fell back to one process."""
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(f"{name}: score_source='bitcost' reads a file path (the patched decoder opens it itself).")
     grid = config.bitcost_grid
@@ -872,26 +887,40 @@ def released_reader_pass(source, index, candidate_ids: list[int], config: CodecS
     last = max(candidate_ids)
     keyframes = [int(i) for i in np.flatnonzero(index.keyframe) if i <= last]
     wanted = sorted(set(candidate_ids) | set(keyframes))
-    try:
-        items = bitcost_reader()(
-            os.fspath(source),
-            wanted,
-            export_bitcost=1,
-            thread_type="slice",
-            export_pixels=1,
-            out_w=coded_canvas[1],
-            out_h=coded_canvas[0],
-        )
-    except (OSError, RuntimeError, ValueError) as error:
-        raise ValueError(f"Bit-cost reading failed for {name}: {error}") from error
-    by_id = {int(item["frame_idx"]): item for item in items}
-    misplaced = [k for k in keyframes if k in by_id and by_id[k].get("pict_type") != "I"]
-    if misplaced:
-        problem = (
-            f"{name}: the released bit-cost reader numbers frames differently from the stream index (our keyframe "
-            f"{misplaced[0]} is its {by_id[misplaced[0]].get('pict_type')!r} frame)"
-        )
-        return {}, {}, 0, problem
+    options = {
+        "export_bitcost": 1,
+        "thread_type": "slice",
+        "export_pixels": 1,
+        "out_w": coded_canvas[1],
+        "out_h": coded_canvas[0],
+    }
+    by_id, notes = None, []
+    runs = plan_segments(wanted, keyframes, segment_processes(config.reader_processes, last + 1))
+    if len(runs) > 1:
+        try:
+            items, problem = read_segments(
+                source, runs, options, set(candidate_ids), key, max(0.0, deadline - time.monotonic())
+            )
+        except subprocess.TimeoutExpired:
+            check_deadline(deadline, config, name, "reading bit-costs in segments")
+            raise
+        except (OSError, RuntimeError, ValueError) as error:
+            items, problem = None, f"{type(error).__name__}: {error}"
+        if items is not None:
+            by_id = {int(item["frame_idx"]): item for item in items}
+            problem = misplaced_keyframes(by_id, keyframes, name)
+        if problem:
+            by_id = None
+            notes.append(f"the segmented bit-cost read fell back to one process: {problem}")
+    if by_id is None:
+        try:
+            items = bitcost_reader()(os.fspath(source), wanted, **options)
+        except (OSError, RuntimeError, ValueError) as error:
+            raise ValueError(f"Bit-cost reading failed for {name}: {error}") from error
+        by_id = {int(item["frame_idx"]): item for item in items}
+        problem = misplaced_keyframes(by_id, keyframes, name)
+        if problem:
+            return {}, {}, 0, problem, notes
     candidates = set(candidate_ids)
     frames, maps = {}, {}
     for frame_id, item in by_id.items():
@@ -904,7 +933,19 @@ def released_reader_pass(source, index, candidate_ids: list[int], config: CodecS
         if key in bitcost:
             # the decoder's grid is in coded orientation; turned like the pictures, so each block scores its own pixels
             maps[frame_id] = upright(np.asarray(bitcost[key], dtype=np.float64), rotation)
-    return frames, maps, last + 1, None
+    return frames, maps, last + 1, None, notes
+
+
+def misplaced_keyframes(by_id: dict, keyframes: list[int], name: str) -> str | None:
+    """Why the reader's frame numbering disagrees with the stream index (one of our keyframes is not its I frame), or
+    None when it agrees."""
+    misplaced = [k for k in keyframes if k in by_id and by_id[k].get("pict_type") != "I"]
+    if not misplaced:
+        return None
+    return (
+        f"{name}: the released bit-cost reader numbers frames differently from the stream index (our keyframe "
+        f"{misplaced[0]} is its {by_id[misplaced[0]].get('pict_type')!r} frame)"
+    )
 
 
 def first_frame_geometry(container, index, config: CodecSamplingConfig, name: str):
@@ -1047,9 +1088,10 @@ def sample_codec_video(
         if config.score_source == "bitcost":
             check_deadline(deadline, config, name, "before reading bit-costs")
             geometry = first_frame_geometry(container, index, config, name)
-            frames, cell_maps, stats.frames_decoded, problem = released_reader_pass(
-                source, index, candidate_ids, config, geometry, name
+            frames, cell_maps, stats.frames_decoded, problem, notes = released_reader_pass(
+                source, index, candidate_ids, config, geometry, name, deadline
             )
+            warnings.extend(notes)
             canvas_hw = geometry[1]
             if problem and requested == "bitcost":
                 raise ValueError(f"{problem}; score_source='auto' would fall back to a stock signal.")

@@ -1,0 +1,207 @@
+"""The released bit-cost reader split over processes on long videos: same result as one sequential read, and a
+fall-back to that read whenever a segment goes wrong.
+
+The child processes import the reader themselves, so the stand-in for codec-video-prep here is a real package on
+disk (put on sys.path, which the children inherit): it decodes with PyAV and logs every call with its process id.
+"""
+
+import json
+import multiprocessing
+import os
+import sys
+import textwrap
+from dataclasses import replace
+
+import pytest
+from synthetic_media import encode_moving_box
+
+from llava_onevision2.processing import codec_reader_segments_llava_onevision2 as segments
+from llava_onevision2.processing.codec_sampling_llava_onevision2 import CodecSamplingConfig, sample_codec_video
+
+SMALL = CodecSamplingConfig(
+    target_canvas=8,
+    group_size=16,
+    max_pixels=320 * 192,
+    min_group_frames=8,
+    max_group_frames=16,
+    cache_root=None,
+)  # score_source "auto": the released bit-cost wherever a reader (here mostly the stand-in) is importable
+
+STAND_IN = '''
+"""A stand-in for codec-video-prep's reader: PyAV decodes from the start; a segment returns only its own span."""
+import json, os
+import av
+import numpy as np
+
+TYPES = {1: "I", 2: "P", 3: "B"}
+
+
+def log(entry):
+    with open(os.environ["STAND_IN_LOG"], "a") as handle:
+        handle.write(json.dumps({**entry, "pid": os.getpid()}) + "\\n")
+
+
+def items_for(path, frame_ids, first, end, export_pixels, out_w, out_h):
+    wanted, items = set(frame_ids), []
+    drop = int(os.environ.get("STAND_IN_DROP_FRAME", -1))
+    with av.open(path) as container:
+        frames = sorted(container.decode(video=0), key=lambda frame: frame.pts)
+    for number, frame in enumerate(frames):
+        if number not in wanted or not first <= number < end or (number == drop and first > 0):
+            continue
+        costs = np.full((12, 21), 1 + number % 7, dtype=np.int32)
+        costs[:, 10:] *= 40
+        item = {
+            "frame_idx": number,
+            "pict_type": TYPES.get(int(frame.pict_type), "?"),
+            "bitcost": {"mb_bit_cost": costs, "sub_mb_bit_cost": np.zeros((48, 80), np.float32)},
+        }
+        if export_pixels:
+            item["pixels"] = frame.to_ndarray(width=out_w, height=out_h, format="bgr24", interpolation="AREA")
+        items.append(item)
+    return items
+
+
+def read_video_fast_selected(path, frame_ids, thread_count=1, export_bitcost=0, thread_type="auto",
+                             keyframe_pts=None, export_pixels=0, out_w=0, out_h=0):
+    log({"call": "whole", "first": 0})
+    return items_for(path, frame_ids, 0, 1 << 30, export_pixels, out_w, out_h)
+
+
+def read_video_fast_selected_segment(path, frame_ids, seek_frame, end_frame, thread_count=1, export_bitcost=0,
+                                     thread_type="auto", export_pixels=0, out_w=0, out_h=0):
+    log({"call": "segment", "first": seek_frame, "end": end_frame})
+    return items_for(path, frame_ids, seek_frame, end_frame, export_pixels, out_w, out_h)
+'''
+
+
+@pytest.fixture
+def stand_in_reader(tmp_path, monkeypatch):
+    """codec-video-prep's reader replaced by the stand-in for this process and its children; yields the call log."""
+    package = tmp_path / "stand_in" / "codec_video_prep"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "cv_reader_fast.py").write_text(textwrap.dedent(STAND_IN))
+    monkeypatch.syspath_prepend(str(package.parent))
+    for name in released_modules():
+        monkeypatch.delitem(sys.modules, name)  # restored afterwards where the real package was imported
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("STAND_IN_LOG", str(log))
+
+    def calls():
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    yield calls
+    for name in released_modules():  # the stand-in must not outlive the test
+        del sys.modules[name]
+
+
+def released_modules() -> list[str]:
+    return [name for name in sys.modules if name == "codec_video_prep" or name.startswith("codec_video_prep.")]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("segments") / "moving.mp4"
+    path.write_bytes(encode_moving_box(num_frames=240, gop=30)[0])
+    return str(path)
+
+
+def fingerprint(sample):
+    return sample.canvases.tobytes(), sample.positions.tobytes(), sample.groups, sample.candidate_ids
+
+
+def test_segments_in_child_processes_give_the_sequential_result(stand_in_reader, clip):
+    sequential = sample_codec_video(clip, replace(SMALL, reader_processes=1))
+    assert [call["call"] for call in stand_in_reader()] == ["whole"]
+    for processes in (2, 3):
+        log_before = len(stand_in_reader())
+        split = sample_codec_video(clip, replace(SMALL, reader_processes=processes))
+        assert fingerprint(split) == fingerprint(sequential) and not split.report["warnings"]
+        assert split.report["score_source"] == "bitcost"
+        calls = stand_in_reader()[log_before:]
+        assert [call["call"] for call in calls] == ["segment"] * processes
+        assert len({call["pid"] for call in calls}) == processes  # each segment in its own process
+        assert {call["pid"] for call in calls if call["first"] == max(c["first"] for c in calls)} == {os.getpid()}
+        assert sorted(call["first"] % 30 for call in calls) == [0] * processes  # every segment starts at a keyframe
+
+
+def test_a_failed_child_falls_back_to_one_sequential_read(stand_in_reader, clip, monkeypatch):
+    sequential = sample_codec_video(clip, replace(SMALL, reader_processes=1))
+    monkeypatch.setattr(segments.sys, "executable", "/bin/false")  # the child exits 1 without output
+    split = sample_codec_video(clip, replace(SMALL, reader_processes=2))
+    assert fingerprint(split) == fingerprint(sequential)
+    assert any("fell back to one process" in w and "failed" in w for w in split.report["warnings"])
+    assert stand_in_reader()[-1]["call"] == "whole"
+
+
+def test_a_segment_missing_a_frame_falls_back_to_one_sequential_read(stand_in_reader, clip, monkeypatch):
+    sequential = sample_codec_video(clip, replace(SMALL, reader_processes=1))
+    dropped = sequential.candidate_ids[-5]  # a candidate late in the clip: read by a segment that does not start at 0
+    monkeypatch.setenv("STAND_IN_DROP_FRAME", str(dropped))
+    split = sample_codec_video(clip, replace(SMALL, reader_processes=2))
+    assert fingerprint(split) == fingerprint(sequential)
+    assert any(f"left out frame {dropped}" in warning for warning in split.report["warnings"])
+
+
+def test_children_keep_only_what_the_sampler_reads(stand_in_reader, clip):
+    """A keyframe that rides along to check numbering comes back without its picture; of the bit-cost grids only the
+    one in use comes back."""
+    runs = segments.plan_segments([0, 5, 30, 33, 60, 64, 89], [0, 30, 60], 3)
+    assert runs == [(0, [0, 5]), (30, [30, 33]), (60, [60, 64, 89])]
+    options = {"export_bitcost": 1, "thread_type": "slice", "export_pixels": 1, "out_w": 84, "out_h": 56}
+    items, problem = segments.read_segments(clip, runs, options, {5, 33, 64, 89}, "mb_bit_cost", timeout=60)
+    assert problem is None and [item["frame_idx"] for item in items] == [0, 5, 30, 33, 60, 64, 89]
+    assert [("pixels" in item) for item in items] == [False, True] * 3 + [True]
+    assert all(list(item["bitcost"]) == ["mb_bit_cost"] for item in items)
+    assert items[1]["pixels"].shape == (56, 84, 3)
+
+
+def test_segment_plans_start_at_keyframes_and_cover_every_frame_once():
+    wanted = list(range(0, 1000, 7))
+    keyframes = [0, 250, 500, 750]
+    for count in (1, 2, 3, 4, 8):
+        runs = segments.plan_segments(wanted, keyframes, count)
+        assert [i for _, ids in runs for i in ids] == wanted
+        assert all(first in keyframes and ids[0] >= first for first, ids in runs)
+        assert len(runs) == min(count, len(keyframes))
+    assert [first for first, _ in segments.plan_segments(wanted, keyframes, 2)] == [0, 500]  # equal halves
+    # no keyframe after 0: one run whatever the count
+    assert segments.plan_segments(wanted, [0], 4) == [(0, wanted)]
+
+
+def test_segment_process_count(monkeypatch):
+    monkeypatch.setattr(segments, "usable_cpus", lambda: 4)
+    assert segments.segment_processes(None, 600) == 1  # too short to pay for a second process
+    assert segments.segment_processes(None, 2 * segments.SEGMENT_MIN_FRAMES) == 2
+    assert segments.segment_processes(None, 100 * segments.SEGMENT_MIN_FRAMES) == 4
+    assert segments.segment_processes(3, 600) == 3  # asked for: honoured
+
+    class DataLoaderWorker:
+        daemon = True
+
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: DataLoaderWorker())
+    assert segments.segment_processes(None, 100 * segments.SEGMENT_MIN_FRAMES) == 1
+
+
+def test_reader_processes_is_checked():
+    with pytest.raises(ValueError, match="reader_processes must be None"):
+        CodecSamplingConfig(reader_processes=0, cache_root=None)
+    with pytest.raises(ValueError, match="reader_processes=2 only applies to score_source='bitcost'"):
+        CodecSamplingConfig(reader_processes=2, score_source="framediff", cache_root=None)
+    # not in the cache key: it cannot change the result
+    assert "reader_processes" not in CodecSamplingConfig(reader_processes=2, cache_root=None).settings()
+
+
+def test_the_released_reader_split_over_processes_gives_its_sequential_result(tmp_path):
+    """With the real reader. Which frames it attaches bit-costs to can depend on the list of frames asked for (on a
+    240-frame clip with B-frames, a sparse list left 4 of 32 candidates without), so this clip is short enough for
+    the candidates to be dense, where a single read is complete; that precondition is checked first."""
+    pytest.importorskip("codec_video_prep.cv_reader_fast", reason="codec-video-prep (optional) is not installed")
+    path = tmp_path / "short.mp4"
+    path.write_bytes(encode_moving_box(num_frames=96, gop=16)[0])
+    sequential = sample_codec_video(str(path), replace(SMALL, reader_processes=1))
+    assert sequential.report["score_source"] == "bitcost" and not sequential.report["warnings"]
+    for processes in (2, 3):
+        split = sample_codec_video(str(path), replace(SMALL, reader_processes=processes))
+        assert fingerprint(split) == fingerprint(sequential) and not split.report["warnings"]
