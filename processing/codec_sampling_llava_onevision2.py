@@ -54,7 +54,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
-from .codec_reader_segments_llava_onevision2 import plan_segments, read_segments, segment_processes
 from .codec_residual_llava_onevision2 import (
     DECODER_OPTIONS,
     RESIDUAL_CODECS,
@@ -64,6 +63,7 @@ from .codec_residual_llava_onevision2 import (
     local_contrast,
     reference_candidates,
 )
+from .codec_segments_llava_onevision2 import plan_segments, run_segments, segment_processes
 from .resize_rule_llava_onevision2 import smart_resize
 from .video_decoding_llava_onevision2 import (
     DecodeStats,
@@ -144,9 +144,9 @@ class CodecSamplingConfig:
     shift_radius: int = 2  # motion tolerance in half-resolution pixels
     allow_truncated: bool = False
     progress: bool | None = field(default=None, compare=False)  # None: a bar for videos over 5 minutes
-    # bitcost only: processes reading long videos in keyframe-aligned segments; None: one per usable CPU for videos
-    # long enough to pay for them, 1 inside DataLoader workers (same result either way, so not in the cache key)
-    reader_processes: int | None = field(default=None, compare=False)
+    # processes decoding a long video file in keyframe-aligned segments; None: one per usable CPU for videos long
+    # enough to pay for them, 1 inside DataLoader workers (the result is the same, so it is not in the cache key)
+    decode_processes: int | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.cache_root is not None:
@@ -169,11 +169,11 @@ class CodecSamplingConfig:
             )
         if not self.timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}.")
-        if self.reader_processes is not None and not (
-            isinstance(self.reader_processes, int) and self.reader_processes >= 1
+        if self.decode_processes is not None and not (
+            isinstance(self.decode_processes, int) and self.decode_processes >= 1
         ):
             raise ValueError(
-                f"reader_processes must be None (automatic) or an integer >= 1, got {self.reader_processes!r}."
+                f"decode_processes must be None (automatic) or an integer >= 1, got {self.decode_processes!r}."
             )
         if self.score_source not in SCORE_SOURCES:
             raise ValueError(f"score_source must be one of {SCORE_SOURCES}, got {self.score_source!r}.")
@@ -187,7 +187,7 @@ class CodecSamplingConfig:
                 "nothing extra."
             )
 
-    SIGNAL_SETTINGS = {"shift_radius": ("framediff",), "bitcost_grid": ("bitcost",), "reader_processes": ("bitcost",)}
+    SIGNAL_SETTINGS = {"shift_radius": ("framediff",), "bitcost_grid": ("bitcost",)}
 
     def check_signal_settings(self) -> None:
         """A setting of one signal given with another signal named explicitly would be ignored: refuse it. Under
@@ -222,7 +222,7 @@ class CodecSamplingConfig:
     def settings(self) -> dict:
         """Every setting that changes the result (the cache key)."""
         values = asdict(self)
-        for name in ("cache_root", "timeout", "progress", "reader_processes"):
+        for name in ("cache_root", "timeout", "progress", "decode_processes"):
             values.pop(name)
         return values
 
@@ -732,6 +732,52 @@ def decode_candidates(
     return frames, cell_maps, geometry[1] if geometry else None, stats
 
 
+def decode_run(request: dict):
+    """`decode_candidates` for one keyframe-aligned run of candidates, on a container of its own (called by
+    `codec_segments_llava_onevision2` in whichever process decodes the run)."""
+    container = open_video(request["path"])
+    try:
+        deadline = time.monotonic() + request["seconds_left"]
+        config, index, name = request["config"], request["index"], request["name"]
+        return decode_candidates(container, index, request["candidate_ids"], config, name, None, deadline)
+    finally:
+        container.close()
+
+
+def decode_candidates_in_segments(source, index, candidate_ids: list[int], config, name: str, deadline: float):
+    """`decode_candidates` split over processes for a long video file: `(its result, None)`, `(None, None)` when the
+    video is too short to split (or `decode_processes` is 1), or `(None, why)` when a segment failed (the caller then
+    decodes in one pass)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None, None
+    keyframes = [int(i) for i in np.flatnonzero(index.keyframe)]
+    runs = plan_segments(candidate_ids, keyframes, segment_processes(config.decode_processes, max(candidate_ids) + 1))
+    if len(runs) < 2:
+        return None, None
+    requests = [
+        {
+            "path": os.fspath(source),
+            "candidate_ids": ids,
+            "config": config,
+            "index": index,
+            "name": name,
+            "seconds_left": max(0.0, deadline - time.monotonic()),
+        }
+        for _, ids in runs
+    ]
+    results, problem = in_segments(f"{__name__}:decode_run", requests, deadline, config, name)
+    if results is None:
+        return None, problem
+    frames, maps, stats = {}, {}, DecodeStats()
+    for run_frames, run_maps, _, run_stats in results:
+        frames.update(run_frames)
+        maps.update(run_maps)
+        stats.frames_decoded += run_stats.frames_decoded
+        stats.seeks += run_stats.seeks
+    canvas_hw = next((hw for _, _, hw, _ in results if hw is not None), None)
+    return (frames, maps, canvas_hw, stats), None
+
+
 FRAMEDIFF_JOBS_QUEUED = 4  # frame pairs waiting for the framediff scoring thread
 SCORING_THREADS = max(1, min(4, os.cpu_count() or 1))  # numpy releases the GIL: threads score in parallel
 RESIDUAL_JOBS_QUEUED = 2 * SCORING_THREADS
@@ -895,23 +941,28 @@ def released_reader_pass(
         "out_h": coded_canvas[0],
     }
     by_id, notes = None, []
-    runs = plan_segments(wanted, keyframes, segment_processes(config.reader_processes, last + 1))
+    runs = plan_segments(wanted, keyframes, segment_processes(config.decode_processes, last + 1))
     if len(runs) > 1:
-        try:
-            items, problem = read_segments(
-                source, runs, options, set(candidate_ids), key, max(0.0, deadline - time.monotonic())
-            )
-        except subprocess.TimeoutExpired:
-            check_deadline(deadline, config, name, "reading bit-costs in segments")
-            raise
-        except (OSError, RuntimeError, ValueError) as error:
-            items, problem = None, f"{type(error).__name__}: {error}"
+        requests = [
+            {
+                "path": os.fspath(source),
+                "frame_ids": ids,
+                "seek_frame": first,
+                "options": options,
+                "pixel_ids": sorted(set(candidate_ids) & set(ids)),
+                "bitcost_key": key,
+            }
+            for first, ids in runs
+        ]
+        items, problem = in_segments(f"{__name__}:read_released_run", requests, deadline, config, name)
         if items is not None:
-            by_id = {int(item["frame_idx"]): item for item in items}
+            problem = next(filter(None, (left_out_frame(r, run) for r, run in zip(requests, items))), None)
+        if problem is None:
+            by_id = {int(item["frame_idx"]): item for run in items for item in run}
             problem = misplaced_keyframes(by_id, keyframes, name)
         if problem:
             by_id = None
-            notes.append(f"the segmented bit-cost read fell back to one process: {problem}")
+            notes.append(f"the bit-cost read in segments fell back to one process: {problem}")
     if by_id is None:
         try:
             items = bitcost_reader()(os.fspath(source), wanted, **options)
@@ -946,6 +997,47 @@ def misplaced_keyframes(by_id: dict, keyframes: list[int], name: str) -> str | N
         f"{name}: the released bit-cost reader numbers frames differently from the stream index (our keyframe "
         f"{misplaced[0]} is its {by_id[misplaced[0]].get('pict_type')!r} frame)"
     )
+
+
+def read_released_run(request: dict) -> list[dict]:
+    """One keyframe-aligned run of the released reader (`codec_segments_llava_onevision2` calls it in whichever
+    process decodes the run), trimmed: pictures only for candidates, and only the bit-cost grid in use (a keyframe
+    that rides along to check numbering needs its picture type, not its picture)."""
+    from codec_video_prep.cv_reader_fast import read_video_fast_selected_segment
+
+    frame_ids, pixel_ids = request["frame_ids"], set(request["pixel_ids"])
+    items = read_video_fast_selected_segment(
+        request["path"], frame_ids, request["seek_frame"], frame_ids[-1] + 1, **request["options"]
+    )
+    kept, wanted, key = [], set(frame_ids), request["bitcost_key"]
+    for item in items:
+        frame_id = int(item["frame_idx"])
+        if frame_id not in wanted:
+            continue
+        item = dict(item)
+        if frame_id not in pixel_ids:
+            item.pop("pixels", None)
+        bitcost = item.get("bitcost") or {}
+        item["bitcost"] = {key: bitcost[key]} if key in bitcost else {}
+        kept.append(item)
+    return kept
+
+
+def left_out_frame(request: dict, items: list[dict]) -> str | None:
+    missing = set(request["frame_ids"]) - {int(item["frame_idx"]) for item in items}
+    return f"the run from frame {request['seek_frame']} left out frame {min(missing)}" if missing else None
+
+
+def in_segments(target: str, requests: list[dict], deadline: float, config: CodecSamplingConfig, name: str):
+    """`run_segments` within the sampling deadline: `(results, None)`, or `(None, why)` when a segment failed (the
+    caller falls back to one pass)."""
+    try:
+        return run_segments(target, requests, max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        check_deadline(deadline, config, name, "decoding in segments")
+        raise
+    except (OSError, RuntimeError, ValueError, EOFError) as error:
+        return None, f"{type(error).__name__}: {error}"
 
 
 def first_frame_geometry(container, index, config: CodecSamplingConfig, name: str):
@@ -1112,7 +1204,10 @@ def sample_codec_video(
 
                 progress = tqdm(total=len(undecoded), desc=f"codec sampling {name}", unit="frame", leave=False)
             try:
-                decoded, decoded_maps, canvas_hw, decode_stats = decode_candidates(
+                split, problem = decode_candidates_in_segments(source, index, undecoded, config, name, deadline)
+                if problem:
+                    warnings.append(f"decoding in segments fell back to one process: {problem}")
+                decoded, decoded_maps, canvas_hw, decode_stats = split or decode_candidates(
                     container, index, undecoded, config, name, progress, deadline
                 )
             finally:

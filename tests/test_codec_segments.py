@@ -1,5 +1,5 @@
-"""The released bit-cost reader split over processes on long videos: same result as one sequential read, and a
-fall-back to that read whenever a segment goes wrong.
+"""Long videos decoded in keyframe-aligned segments by several processes: the same result as one pass, for the
+released bit-cost reader and for PyAV, and a fall-back to one pass whenever a segment goes wrong.
 
 The child processes import the reader themselves, so the stand-in for codec-video-prep here is a real package on
 disk (put on sys.path, which the children inherit): it decodes with PyAV and logs every call with its process id.
@@ -15,7 +15,8 @@ from dataclasses import replace
 import pytest
 from synthetic_media import encode_moving_box
 
-from llava_onevision2.processing import codec_reader_segments_llava_onevision2 as segments
+from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
+from llava_onevision2.processing import codec_segments_llava_onevision2 as segments
 from llava_onevision2.processing.codec_sampling_llava_onevision2 import CodecSamplingConfig, sample_codec_video
 
 SMALL = CodecSamplingConfig(
@@ -112,11 +113,11 @@ def fingerprint(sample):
 
 
 def test_segments_in_child_processes_give_the_sequential_result(stand_in_reader, clip):
-    sequential = sample_codec_video(clip, replace(SMALL, reader_processes=1))
+    sequential = sample_codec_video(clip, replace(SMALL, decode_processes=1))
     assert [call["call"] for call in stand_in_reader()] == ["whole"]
     for processes in (2, 3):
         log_before = len(stand_in_reader())
-        split = sample_codec_video(clip, replace(SMALL, reader_processes=processes))
+        split = sample_codec_video(clip, replace(SMALL, decode_processes=processes))
         assert fingerprint(split) == fingerprint(sequential) and not split.report["warnings"]
         assert split.report["score_source"] == "bitcost"
         calls = stand_in_reader()[log_before:]
@@ -127,19 +128,19 @@ def test_segments_in_child_processes_give_the_sequential_result(stand_in_reader,
 
 
 def test_a_failed_child_falls_back_to_one_sequential_read(stand_in_reader, clip, monkeypatch):
-    sequential = sample_codec_video(clip, replace(SMALL, reader_processes=1))
+    sequential = sample_codec_video(clip, replace(SMALL, decode_processes=1))
     monkeypatch.setattr(segments.sys, "executable", "/bin/false")  # the child exits 1 without output
-    split = sample_codec_video(clip, replace(SMALL, reader_processes=2))
+    split = sample_codec_video(clip, replace(SMALL, decode_processes=2))
     assert fingerprint(split) == fingerprint(sequential)
-    assert any("fell back to one process" in w and "failed" in w for w in split.report["warnings"])
+    assert any("fell back to one process" in w and "exited with 1" in w for w in split.report["warnings"])
     assert stand_in_reader()[-1]["call"] == "whole"
 
 
 def test_a_segment_missing_a_frame_falls_back_to_one_sequential_read(stand_in_reader, clip, monkeypatch):
-    sequential = sample_codec_video(clip, replace(SMALL, reader_processes=1))
+    sequential = sample_codec_video(clip, replace(SMALL, decode_processes=1))
     dropped = sequential.candidate_ids[-5]  # a candidate late in the clip: read by a segment that does not start at 0
     monkeypatch.setenv("STAND_IN_DROP_FRAME", str(dropped))
-    split = sample_codec_video(clip, replace(SMALL, reader_processes=2))
+    split = sample_codec_video(clip, replace(SMALL, decode_processes=2))
     assert fingerprint(split) == fingerprint(sequential)
     assert any(f"left out frame {dropped}" in warning for warning in split.report["warnings"])
 
@@ -150,11 +151,45 @@ def test_children_keep_only_what_the_sampler_reads(stand_in_reader, clip):
     runs = segments.plan_segments([0, 5, 30, 33, 60, 64, 89], [0, 30, 60], 3)
     assert runs == [(0, [0, 5]), (30, [30, 33]), (60, [60, 64, 89])]
     options = {"export_bitcost": 1, "thread_type": "slice", "export_pixels": 1, "out_w": 84, "out_h": 56}
-    items, problem = segments.read_segments(clip, runs, options, {5, 33, 64, 89}, "mb_bit_cost", timeout=60)
+    requests = [
+        {
+            "path": clip,
+            "frame_ids": ids,
+            "seek_frame": first,
+            "options": options,
+            "pixel_ids": sorted({5, 33, 64, 89} & set(ids)),
+            "bitcost_key": "mb_bit_cost",
+        }
+        for first, ids in runs
+    ]
+    runs_items, problem = segments.run_segments(f"{codec.__name__}:read_released_run", requests, timeout=60)
+    items = [item for run in runs_items for item in run]
     assert problem is None and [item["frame_idx"] for item in items] == [0, 5, 30, 33, 60, 64, 89]
     assert [("pixels" in item) for item in items] == [False, True] * 3 + [True]
     assert all(list(item["bitcost"]) == ["mb_bit_cost"] for item in items)
     assert items[1]["pixels"].shape == (56, 84, 3)
+    assert len({call["pid"] for call in stand_in_reader()}) == 3
+
+
+@pytest.mark.parametrize("signal", ["framediff", "residual"])
+def test_stock_signals_decoded_in_segments_give_the_one_pass_result(clip, signal):
+    """Without the released reader: PyAV decodes each run (with the frames before it that scoring needs) in its own
+    process; candidates, scores and canvases come out as from one pass."""
+    config = replace(SMALL, score_source=signal)
+    one_pass = sample_codec_video(clip, replace(config, decode_processes=1))
+    for processes in (2, 3):
+        split = sample_codec_video(clip, replace(config, decode_processes=processes))
+        assert fingerprint(split) == fingerprint(one_pass) and not split.report["warnings"]
+        assert split.report["frames_decoded"] >= one_pass.report["frames_decoded"]  # runs re-decode a little
+
+
+def test_stock_decoding_falls_back_to_one_pass_when_a_segment_fails(clip, monkeypatch):
+    config = replace(SMALL, score_source="framediff")
+    one_pass = sample_codec_video(clip, replace(config, decode_processes=1))
+    monkeypatch.setattr(segments.sys, "executable", "/bin/false")
+    split = sample_codec_video(clip, replace(config, decode_processes=2))
+    assert fingerprint(split) == fingerprint(one_pass)
+    assert any("decoding in segments fell back to one process" in w for w in split.report["warnings"])
 
 
 def test_segment_plans_start_at_keyframes_and_cover_every_frame_once():
@@ -184,13 +219,12 @@ def test_segment_process_count(monkeypatch):
     assert segments.segment_processes(None, 100 * segments.SEGMENT_MIN_FRAMES) == 1
 
 
-def test_reader_processes_is_checked():
-    with pytest.raises(ValueError, match="reader_processes must be None"):
-        CodecSamplingConfig(reader_processes=0, cache_root=None)
-    with pytest.raises(ValueError, match="reader_processes=2 only applies to score_source='bitcost'"):
-        CodecSamplingConfig(reader_processes=2, score_source="framediff", cache_root=None)
-    # not in the cache key: it cannot change the result
-    assert "reader_processes" not in CodecSamplingConfig(reader_processes=2, cache_root=None).settings()
+def test_decode_processes_is_checked():
+    with pytest.raises(ValueError, match="decode_processes must be None"):
+        CodecSamplingConfig(decode_processes=0, cache_root=None)
+    # any signal; not in the cache key, as it cannot change the result
+    config = CodecSamplingConfig(decode_processes=2, score_source="framediff", cache_root=None)
+    assert "decode_processes" not in config.settings()
 
 
 def test_the_released_reader_split_over_processes_gives_its_sequential_result(tmp_path):
@@ -200,8 +234,8 @@ def test_the_released_reader_split_over_processes_gives_its_sequential_result(tm
     pytest.importorskip("codec_video_prep.cv_reader_fast", reason="codec-video-prep (optional) is not installed")
     path = tmp_path / "short.mp4"
     path.write_bytes(encode_moving_box(num_frames=96, gop=16)[0])
-    sequential = sample_codec_video(str(path), replace(SMALL, reader_processes=1))
+    sequential = sample_codec_video(str(path), replace(SMALL, decode_processes=1))
     assert sequential.report["score_source"] == "bitcost" and not sequential.report["warnings"]
     for processes in (2, 3):
-        split = sample_codec_video(str(path), replace(SMALL, reader_processes=processes))
+        split = sample_codec_video(str(path), replace(SMALL, decode_processes=processes))
         assert fingerprint(split) == fingerprint(sequential) and not split.report["warnings"]
