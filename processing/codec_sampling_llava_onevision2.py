@@ -35,7 +35,9 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
 
 Decoding is one pass over the needed frames (candidates and their predecessors, or their reference pictures),
 seeking by GOP when that skips work; only candidate frames are converted to RGB, at canvas size. With the released
-bit-cost, the released reader's single pass returns both the bits and the canvas-size pictures. Results are cached
+bit-cost, the released reader's single pass returns both the bits and the canvas-size pictures. A long video file
+is decoded in keyframe-aligned segments by several processes, with the same result (`codec_segments_llava_onevision2`,
+`decode_processes`). Results are cached
 on disk under `cache_root` (the released default location unless set; `None` turns it off) with a key made of the
 file's content hash and every setting. PyAV is loaded on first use, so importing this module costs nothing for
 image-only users.
@@ -686,12 +688,25 @@ def check_deadline(deadline: float, config: CodecSamplingConfig, name: str, stag
         )
 
 
+SCORING_THREADS = max(1, min(4, os.cpu_count() or 1))  # numpy releases the GIL: threads score in parallel
+
+
 def decode_candidates(
-    container, index, candidate_ids: list[int], config: CodecSamplingConfig, name: str, progress, deadline: float
+    container,
+    index,
+    candidate_ids: list[int],
+    config: CodecSamplingConfig,
+    name: str,
+    progress,
+    deadline: float,
+    scoring_threads: int = SCORING_THREADS,
 ):
-    """One pass: canvas-size RGB of each candidate and its cell score map (needs the frame before it)."""
+    """One pass: canvas-size RGB of each candidate and its cell score map (needs the frame before it, or for
+    `residual` its reference pictures, scored on `scoring_threads` threads)."""
     if config.score_source == "residual":
-        return decode_candidates_with_residual(container, index, candidate_ids, config, name, progress, deadline)
+        return decode_candidates_with_residual(
+            container, index, candidate_ids, config, name, progress, deadline, scoring_threads
+        )
     predecessors = {c - 1 for c in candidate_ids if c > 0} if config.score_source == "framediff" else set()
     wanted = sorted(set(candidate_ids) | predecessors)
     candidate_set = set(candidate_ids)
@@ -738,8 +753,8 @@ def decode_run(request: dict):
     container = open_video(request["path"])
     try:
         deadline = time.monotonic() + request["seconds_left"]
-        config, index, name = request["config"], request["index"], request["name"]
-        return decode_candidates(container, index, request["candidate_ids"], config, name, None, deadline)
+        config, index, name, threads = request["config"], request["index"], request["name"], request["scoring_threads"]
+        return decode_candidates(container, index, request["candidate_ids"], config, name, None, deadline, threads)
     finally:
         container.close()
 
@@ -762,6 +777,8 @@ def decode_candidates_in_segments(source, index, candidate_ids: list[int], confi
             "index": index,
             "name": name,
             "seconds_left": max(0.0, deadline - time.monotonic()),
+            # the processes share the CPUs: their scoring threads (and the pictures queued for them) are divided
+            "scoring_threads": max(1, SCORING_THREADS // len(runs)),
         }
         for _, ids in runs
     ]
@@ -779,12 +796,17 @@ def decode_candidates_in_segments(source, index, candidate_ids: list[int], confi
 
 
 FRAMEDIFF_JOBS_QUEUED = 4  # frame pairs waiting for the framediff scoring thread
-SCORING_THREADS = max(1, min(4, os.cpu_count() or 1))  # numpy releases the GIL: threads score in parallel
-RESIDUAL_JOBS_QUEUED = 2 * SCORING_THREADS
 
 
 def decode_candidates_with_residual(
-    container, index, candidate_ids: list[int], config: CodecSamplingConfig, name: str, progress, deadline: float
+    container,
+    index,
+    candidate_ids: list[int],
+    config: CodecSamplingConfig,
+    name: str,
+    progress,
+    deadline: float,
+    scoring_threads: int = SCORING_THREADS,
 ):
     """One pass for `score_source="residual"`: canvas-size RGB of each candidate and its macroblock scores from the
     decoder's motion vectors and the reference pictures they point at (decoded too, full-resolution luma only).
@@ -814,7 +836,7 @@ def decode_candidates_with_residual(
             # Scoring a 720p frame takes longer than decoding to the next candidate; a queued job holds four pictures,
             # so the decoder waits for the scorer rather than let memory grow with the video's length.
             unfinished = [job for job in pending.values() if not job.done()]
-            if len(unfinished) >= RESIDUAL_JOBS_QUEUED:
+            if len(unfinished) >= 2 * scoring_threads:
                 unfinished[0].result()
             candidate = waiting.pop(0)
             past, future = references[candidate]
@@ -834,7 +856,7 @@ def decode_candidates_with_residual(
             for position in [p for p in lumas if p < keep_from]:
                 del lumas[position]
 
-    with ThreadPoolExecutor(max_workers=SCORING_THREADS) as worker:
+    with ThreadPoolExecutor(max_workers=scoring_threads) as worker:
         # Under frame threads FFmpeg exports wrong vectors for some frames (the pictures are the same run to run, the
         # vectors are not: 7-17 of 120 frames of a real clip differed between two decodes); slice threads do not.
         for position, frame in iter_frames(container, index, wanted, name, stats, thread_type="SLICE"):

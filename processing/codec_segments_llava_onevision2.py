@@ -35,14 +35,16 @@ def usable_cpus() -> int:
 
 
 def segment_processes(requested: int | None, frames_to_decode: int) -> int:
-    """How many processes decode the span (this one included): `requested` when given, else one per usable CPU with
-    at least SEGMENT_MIN_FRAMES frames each, and 1 inside a daemonic worker (a DataLoader worker: its siblings already
-    use the other CPUs)."""
+    """How many processes decode the span (this one included): `requested` when given, else one per CPU this process
+    may use, with at least SEGMENT_MIN_FRAMES frames each. The CPUs are shared with the other ranks on the node
+    (`$LOCAL_WORLD_SIZE`, set by torchrun and accelerate: an evaluation on 8 GPUs runs 8 samplers at once), and a
+    daemonic process (a DataLoader worker, whose siblings already use the other CPUs) decodes in one pass."""
     if requested is not None:
         return requested
     if multiprocessing.current_process().daemon:
         return 1
-    return max(1, min(usable_cpus(), frames_to_decode // SEGMENT_MIN_FRAMES))
+    cpus = usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    return max(1, min(cpus, frames_to_decode // SEGMENT_MIN_FRAMES))
 
 
 def plan_segments(wanted: list[int], keyframes: list[int], count: int) -> list[tuple[int, list[int]]]:

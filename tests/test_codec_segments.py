@@ -207,10 +207,16 @@ def test_segment_plans_start_at_keyframes_and_cover_every_frame_once():
 
 def test_segment_process_count(monkeypatch):
     monkeypatch.setattr(segments, "usable_cpus", lambda: 4)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert segments.segment_processes(None, 600) == 1  # too short to pay for a second process
     assert segments.segment_processes(None, 2 * segments.SEGMENT_MIN_FRAMES) == 2
     assert segments.segment_processes(None, 100 * segments.SEGMENT_MIN_FRAMES) == 4
     assert segments.segment_processes(3, 600) == 3  # asked for: honoured
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on this node share the CPUs
+    assert segments.segment_processes(None, 100 * segments.SEGMENT_MIN_FRAMES) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert segments.segment_processes(None, 100 * segments.SEGMENT_MIN_FRAMES) == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
 
     class DataLoaderWorker:
         daemon = True
