@@ -245,3 +245,29 @@ def test_the_released_reader_split_over_processes_gives_its_sequential_result(tm
     for processes in (2, 3):
         split = sample_codec_video(str(path), replace(SMALL, decode_processes=processes))
         assert fingerprint(split) == fingerprint(sequential) and not split.report["warnings"]
+
+
+def test_segments_run_from_a_flat_remote_code_folder(tmp_path, clip):
+    """Exported as remote code, the processing files sit flat in one package (transformers_modules.<repo>); the child
+    processes must import the sampler under that package's name, from the caller's sys.path."""
+    import importlib
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path / "remote_code_repo"
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    for source in (Path(codec.__file__).parent).glob("*_llava_onevision2.py"):
+        shutil.copy(source, folder / source.name)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        flat = importlib.import_module("remote_code_repo.codec_sampling_llava_onevision2")
+        config = flat.CodecSamplingConfig(**{**SMALL.settings(), "score_source": "framediff"}, cache_root=None)
+        one_pass = flat.sample_codec_video(clip, replace(config, decode_processes=1))
+        split = flat.sample_codec_video(clip, replace(config, decode_processes=2))
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m.startswith("remote_code_repo")]:
+            del sys.modules[name]
+    assert flat.__name__ == "remote_code_repo.codec_sampling_llava_onevision2"
+    assert fingerprint(split) == fingerprint(one_pass) and not split.report["warnings"]
