@@ -47,14 +47,22 @@ def segment_processes(requested: int | None, frames_to_decode: int) -> int:
     return max(1, min(cpus, frames_to_decode // SEGMENT_MIN_FRAMES))
 
 
+# A child starts about this many frames' decoding time late (Python, numpy and the decoder's import, then handing its
+# result back): the run kept in the calling process, which starts at once, is that much longer.
+CHILD_START_FRAMES = 300
+
+
 def plan_segments(wanted: list[int], keyframes: list[int], count: int) -> list[tuple[int, list[int]]]:
-    """Split sorted `wanted` frame ids into at most `count` runs of about equal frame span, each starting at a
-    keyframe (the one nearest each equal split, the first run at frame 0): `[(first frame, wanted ids from it up to
-    the next run's first frame)]`."""
+    """Split sorted `wanted` frame ids into at most `count` runs, each starting at a keyframe (the one nearest each
+    planned split; the first run at frame 0) and planned to finish together: every run covers the same frame span,
+    except the last, which the calling process decodes and which is up to CHILD_START_FRAMES longer. Returns
+    `[(first frame, wanted ids from it up to the next run's first frame)]`."""
     span = wanted[-1] + 1
+    head_start = min(CHILD_START_FRAMES, span // (4 * count))  # short spans (only when asked for) split about evenly
+    child_span = max(1, (span - head_start) // count)
     starts = {0}
     for part in range(1, count):
-        target = part * span // count
+        target = part * child_span
         if keyframes:
             starts.add(min(keyframes, key=lambda k: (abs(k - target), k)))
     starts = sorted(starts)

@@ -201,6 +201,9 @@ def test_segment_plans_start_at_keyframes_and_cover_every_frame_once():
         assert all(first in keyframes and ids[0] >= first for first, ids in runs)
         assert len(runs) == min(count, len(keyframes))
     assert [first for first, _ in segments.plan_segments(wanted, keyframes, 2)] == [0, 500]  # equal halves
+    # long spans: the run this process decodes (the last) is longer by a child's start-up, to the nearest keyframe
+    long_plan = segments.plan_segments(list(range(0, 18000, 70)), list(range(0, 18000, 250)), 2)
+    assert [first for first, _ in long_plan] == [0, 8750]
     # no keyframe after 0: one run whatever the count
     assert segments.plan_segments(wanted, [0], 4) == [(0, wanted)]
 
