@@ -692,21 +692,11 @@ SCORING_THREADS = max(1, min(4, os.cpu_count() or 1))  # numpy releases the GIL:
 
 
 def decode_candidates(
-    container,
-    index,
-    candidate_ids: list[int],
-    config: CodecSamplingConfig,
-    name: str,
-    progress,
-    deadline: float,
-    scoring_threads: int = SCORING_THREADS,
+    container, index, candidate_ids: list[int], config: CodecSamplingConfig, name: str, progress, deadline: float
 ):
-    """One pass: canvas-size RGB of each candidate and its cell score map (needs the frame before it, or for
-    `residual` its reference pictures, scored on `scoring_threads` threads)."""
+    """One pass: canvas-size RGB of each candidate and its cell score map (needs the frame before it)."""
     if config.score_source == "residual":
-        return decode_candidates_with_residual(
-            container, index, candidate_ids, config, name, progress, deadline, scoring_threads
-        )
+        return decode_candidates_with_residual(container, index, candidate_ids, config, name, progress, deadline)
     predecessors = {c - 1 for c in candidate_ids if c > 0} if config.score_source == "framediff" else set()
     wanted = sorted(set(candidate_ids) | predecessors)
     candidate_set = set(candidate_ids)
@@ -753,8 +743,16 @@ def decode_run(request: dict):
     container = open_video(request["path"])
     try:
         deadline = time.monotonic() + request["seconds_left"]
-        config, index, name, threads = request["config"], request["index"], request["name"], request["scoring_threads"]
-        return decode_candidates(container, index, request["candidate_ids"], config, name, None, deadline, threads)
+        config, index, name, candidates = (
+            request["config"],
+            request["index"],
+            request["name"],
+            request["candidate_ids"],
+        )
+        if config.score_source == "residual":
+            threads = request["scoring_threads"]
+            return decode_candidates_with_residual(container, index, candidates, config, name, None, deadline, threads)
+        return decode_candidates(container, index, candidates, config, name, None, deadline)
     finally:
         container.close()
 
