@@ -147,7 +147,8 @@ class CodecSamplingConfig:
     allow_truncated: bool = False
     progress: bool | None = field(default=None, compare=False)  # None: a bar for videos over 5 minutes
     # processes decoding a long video file in keyframe-aligned segments; None: one per usable CPU for videos long
-    # enough to pay for them, 1 inside DataLoader workers (the result is the same, so it is not in the cache key)
+    # enough to pay for them, 1 inside DataLoader workers (the result is the same, so it is not in the cache key);
+    # paths only: bytes and file objects are decoded in one pass
     decode_processes: int | None = field(default=None, compare=False)
 
     def __post_init__(self):
