@@ -116,8 +116,8 @@ def run_codec(path: str, score_source: str) -> dict:
         "seconds": round(seconds, 2),
         "process_seconds": round(time.perf_counter() - STARTED, 2),
         "peak_rss_mib": peak_rss_mib(),
-        # the largest of the processes that read segments of a long video (bitcost); they run next to this one
-        "reader_children_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        # the largest of the child processes that decode segments of a long video (any signal), beside this one
+        "segment_children_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "score_source": sample.report["score_source"],
         "canvases": len(sample.canvases),
         "canvas_hw": list(sample.canvases.shape[1:3]),

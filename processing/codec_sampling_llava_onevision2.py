@@ -36,9 +36,8 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
 Decoding is one pass over the needed frames (candidates and their predecessors, or their reference pictures),
 seeking by GOP when that skips work; only candidate frames are converted to RGB, at canvas size. With the released
 bit-cost, the released reader's single pass returns both the bits and the canvas-size pictures. A long video file
-is decoded in keyframe-aligned segments by several processes, with the same result (`codec_segments_llava_onevision2`,
-`decode_processes`). Results are cached
-on disk under `cache_root` (the released default location unless set; `None` turns it off) with a key made of the
+is decoded in keyframe-aligned segments by several processes, with the same result (`decode_processes`,
+`codec_segments_llava_onevision2`). Results are cached on disk under `cache_root` (the released default location unless set; `None` turns it off) with a key made of the
 file's content hash and every setting. PyAV is loaded on first use, so importing this module costs nothing for
 image-only users.
 """
@@ -939,9 +938,10 @@ def released_reader_pass(
     """One pass of the released patched decoder (codec-video-prep): each candidate's canvas-size RGB and per-block bit
     counts together, as the release's own default backend reads them (it skips the deblocking filter, so these pixels
     are the release's, not a fully filtered decode). Long videos are read in keyframe-aligned segments by several
-    processes (`codec_reader_segments_llava_onevision2`), with the same result. Returns (frames, bit maps, frames
-    decoded, problem, notes): `problem` says why the pass cannot be trusted (its frame numbering disagrees with our
-    index), else None; `notes` report a segmented read that fell back to one process."""
+    processes (`codec_segments_llava_onevision2`), with the same result wherever the reader's single pass gives every
+    frame asked for a bit-cost (which frames it leaves without one can depend on the list asked for). Returns
+    (frames, bit maps, frames decoded, problem, notes): `problem` says why the pass cannot be trusted (its frame
+    numbering disagrees with our index), else None; `notes` report a segmented read that fell back to one process."""
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(f"{name}: score_source='bitcost' reads a file path (the patched decoder opens it itself).")
     grid = config.bitcost_grid
