@@ -37,9 +37,9 @@ Decoding is one pass over the needed frames (candidates and their predecessors, 
 seeking by GOP when that skips work; only candidate frames are converted to RGB, at canvas size. With the released
 bit-cost, the released reader's single pass returns both the bits and the canvas-size pictures. A long video file
 is decoded in keyframe-aligned segments by several processes, with the same result (`decode_processes`,
-`codec_segments_llava_onevision2`). Results are cached on disk under `cache_root` (the released default location unless set; `None` turns it off) with a key made of the
-file's content hash and every setting. PyAV is loaded on first use, so importing this module costs nothing for
-image-only users.
+`codec_segments_llava_onevision2`). Results are cached on disk under `cache_root` (the released default location
+unless set; `None` turns it off) with a key made of the file's content hash and every setting. PyAV is loaded on
+first use, so importing this module costs nothing for image-only users.
 """
 
 from __future__ import annotations
