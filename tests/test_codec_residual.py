@@ -21,9 +21,13 @@ from llava_onevision2.processing.codec_residual_llava_onevision2 import (
     PLANE_DOWN,
     PLANE_MARGIN,
     PLANE_RIGHT,
+    QUARTER_SAMPLES,
+    ReferencePicture,
+    absolute_difference_sums,
     decode_ranks,
     reference_candidates,
     residual_cells,
+    rounded_mean,
     subpel_planes,
 )
 from llava_onevision2.processing.codec_sampling_llava_onevision2 import (
@@ -67,19 +71,68 @@ def six_tap_at(samples, index: int) -> int:
     return sum(t * int(samples[min(max(index + k - 2, 0), last)]) for k, t in enumerate(taps))
 
 
-def test_half_pixel_planes_follow_the_standard_filter():
+@pytest.mark.parametrize("band_rows", [64, 5])  # one band, and bands whose borders fall inside the picture
+def test_half_pixel_planes_follow_the_standard_filter(band_rows, monkeypatch):
+    from llava_onevision2.processing import codec_residual_llava_onevision2 as residual
+
+    monkeypatch.setattr(residual, "BAND_ROWS", band_rows)
     luma = np.random.default_rng(0).integers(0, 256, size=(12, 10), dtype=np.uint8)
     planes = subpel_planes(luma)
-    for row, col in [(0, 0), (5, 4), (11, 9), (11, 0), (3, 9)]:  # corners and edges included
+    last_row = luma.shape[0] - 1
+    for row, col in [(0, 0), (5, 4), (11, 9), (11, 0), (3, 9), (-3, 2), (4, 4), (7, 1)]:  # edges, borders of bands
         at = (row + PLANE_MARGIN, col + PLANE_MARGIN)
-        right = six_tap_at(luma[row], col)
+        right = six_tap_at(luma[min(max(row, 0), last_row)], col)
         down = six_tap_at(luma[:, col], row)
         # the centre filters the unrounded horizontal halves of the rows around it, then rounds once
-        rows = [six_tap_at(luma[min(max(r, 0), 11)], col) for r in range(row - 2, row + 4)]
+        rows = [six_tap_at(luma[min(max(r, 0), last_row)], col) for r in range(row - 2, row + 4)]
         centre = sum(t * v for t, v in zip((1, -5, 20, 20, -5, 1), rows))
         assert planes[PLANE_RIGHT][at] == np.clip((right + 16) >> 5, 0, 255)
         assert planes[PLANE_DOWN][at] == np.clip((down + 16) >> 5, 0, 255)
         assert planes[PLANE_CENTRE][at] == np.clip((centre + 512) >> 10, 0, 255)
+
+
+def plain_prediction(planes: np.ndarray, row: int, col: int, quarter_x: int, quarter_y: int) -> np.ndarray:
+    """One 4x4 cell's prediction read sample by sample from the planes (the cell clamped into them as a whole)."""
+    height, width = planes.shape[1:]
+    top = min(max(row * 4 + PLANE_MARGIN + (quarter_y >> 2), 0), height - 6)
+    left = min(max(col * 4 + PLANE_MARGIN + (quarter_x >> 2), 0), width - 6)
+    (first, dy1, dx1), (second, dy2, dx2) = QUARTER_SAMPLES[(quarter_y & 3) * 4 + (quarter_x & 3)]
+    cell = np.empty((4, 4), dtype=np.uint8)
+    for y in range(4):
+        for x in range(4):
+            a = int(planes[first, top + y + dy1, left + x + dx1])
+            b = int(planes[second, top + y + dy2, left + x + dx2])
+            cell[y, x] = (a + b + 1) >> 1
+    return cell
+
+
+@pytest.mark.parametrize("full_pixel_only", [False, True])
+def test_packed_predictions_equal_the_sample_by_sample_rule(full_pixel_only):
+    rng = np.random.default_rng(2)
+    luma = rng.integers(0, 256, size=(24, 36), dtype=np.uint8)
+    reference = ReferencePicture(luma)
+    rows, cols = (grid.reshape(-1).astype(np.int32) for grid in np.mgrid[0:6, 0:9])
+    quarter_x, quarter_y = (rng.integers(-90, 90, size=rows.size).astype(np.int32) for _ in range(2))  # past edges
+    if full_pixel_only:
+        quarter_x, quarter_y = quarter_x & ~3, quarter_y & ~3
+    packed = reference.predict(rows, cols, quarter_x, quarter_y)
+    assert reference.half_planes_ready is not full_pixel_only  # a full-pixel encoder never pays for the filter
+    predicted = packed.view(np.uint8).reshape(-1, 4, 4)
+    planes = subpel_planes(luma)
+    for i in range(rows.size):
+        expected = plain_prediction(planes, rows[i], cols[i], int(quarter_x[i]), int(quarter_y[i]))
+        np.testing.assert_array_equal(predicted[i], expected)
+
+
+def test_packed_pixel_arithmetic_equals_the_unpacked_one():
+    rng = np.random.default_rng(3)
+    first, second = (rng.integers(0, 256, size=(500, 16), dtype=np.uint8) for _ in range(2))
+    first[:4], second[:4] = 255, 0  # the extremes
+    mean = rounded_mean(first.view(np.uint32), second.view(np.uint32)).view(np.uint8)
+    np.testing.assert_array_equal(mean, (first.astype(np.int16) + second + 1) >> 1)
+    sums = absolute_difference_sums(first.view(np.uint32), second.view(np.uint32))
+    np.testing.assert_array_equal(sums, np.abs(first.astype(np.int32) - second).sum(axis=1))
+    assert sums[0] == 16 * 255
 
 
 def panning_texture(num_frames: int = 24, width: int = 160, height: int = 96) -> list[np.ndarray]:
@@ -126,7 +179,10 @@ def zero_residual_share(frames, index, still: bool = False) -> float:
             vectors["motion_x"] = vectors["motion_y"] = 0
         past, future = reference_candidates(position, ranks, index.reference)
         cost, intra = residual_cells(
-            luma, [subpel_planes(frames[p][0]) for p in past], [subpel_planes(frames[p][0]) for p in future], vectors
+            luma,
+            [ReferencePicture(frames[p][0]) for p in past],
+            [ReferencePicture(frames[p][0]) for p in future],
+            vectors,
         )
         zero += int((cost[~intra] == 0).sum())
         total += int((~intra).sum())
@@ -141,6 +197,30 @@ def test_the_decoders_prediction_is_rebuilt_exactly():
     exact = zero_residual_share(frames, index)
     assert exact > 0.9, exact  # the encoder coded no residual there: prediction = picture, sample for sample
     assert zero_residual_share(frames, index, still=True) < exact - 0.3  # without the vectors: only flat patches
+
+
+def test_cells_scored_in_chunks_score_as_in_one_piece(monkeypatch):
+    from llava_onevision2.processing import codec_residual_llava_onevision2 as residual
+
+    options = {"crf": "28", "bframes": "2", "ref": "3"}
+    data = encode_frames(panning_texture(8), rate=10, container_format="mp4", keyframe_interval=12, options=options)
+    frames, index = decoded_with_vectors(data)
+    ranks = decode_ranks(index.dts)
+
+    def costs():
+        results = []
+        for position, (luma, vectors) in enumerate(frames[1:], start=1):
+            past, future = reference_candidates(position, ranks, index.reference)
+            pictures = [[ReferencePicture(frames[p][0]) for p in group] for group in (past, future)]
+            results.append(residual_cells(luma, *pictures, vectors))
+        return results
+
+    whole = costs()
+    monkeypatch.setattr(residual, "CHUNK_CELLS", 7)  # 960 cells a frame: 138 chunks, the last one short
+    for (cost, intra), (chunked_cost, chunked_intra) in zip(whole, costs()):
+        np.testing.assert_array_equal(cost, chunked_cost)
+        np.testing.assert_array_equal(intra, chunked_intra)
+    assert any((cost > 0).any() for cost, _ in whole)
 
 
 def test_reference_candidates_are_earlier_decoded_reference_pictures_nearest_first():
