@@ -702,15 +702,15 @@ def decode_candidates(
     candidate_set = set(candidate_ids)
     reformatter = load_av().video.reformatter.VideoReformatter()
     stats = DecodeStats()
-    frames, pending, geometry = {}, {}, None
+    pending, geometry = {}, None
     previous_position, previous_luma = None, None
-    with ThreadPoolExecutor(max_workers=1) as scorer:
+    with ThreadPoolExecutor(max_workers=1) as scorer, CanvasConverter() as converter:
         for position, frame in iter_frames(container, index, wanted, name, stats):
             check_deadline(deadline, config, name, f"decoding, {stats.frames_decoded} frames in")
             geometry = geometry or frame_geometry(frame, config)
             scale = geometry[3]
-            luma = decode_one(frame, position, geometry, candidate_set, frames, reformatter, config.score_source)
-            if luma is not None and position in frames and position not in pending:
+            luma = decode_one(frame, position, geometry, candidate_set, converter, reformatter, config.score_source)
+            if luma is not None and position in converter and position not in pending:
                 # Scoring runs on a worker thread (numpy releases the GIL) while the decoder moves on; where it falls
                 # behind, the decoder waits, so queued pictures never pile up with the video's length.
                 unfinished = [job for job in pending.values() if not job.done()]
@@ -734,6 +734,7 @@ def decode_candidates(
             if progress is not None and position in candidate_set:
                 progress.update(1)
         cell_maps = {position: future.result() for position, future in pending.items()}
+        frames = converter.results()
     return frames, cell_maps, geometry[1] if geometry else None, stats
 
 
@@ -820,9 +821,8 @@ def decode_candidates_with_residual(
     references = {c: reference_candidates(c, ranks, is_reference) for c in candidate_ids}
     wanted = sorted(set(candidate_ids).union(*(past + future for past, future in references.values())))
     candidate_set, waiting = set(candidate_ids), sorted(candidate_ids)  # scored as their references arrive
-    reformatter = load_av().video.reformatter.VideoReformatter()
     stats = DecodeStats()
-    frames, pending, lumas, vectors, geometry, rotation = {}, {}, {}, {}, None, 0
+    pending, lumas, vectors, geometry, rotation = {}, {}, {}, None, 0
     scorer = ResidualScorer()
 
     def first_needed(candidate):
@@ -854,14 +854,14 @@ def decode_candidates_with_residual(
             for position in [p for p in lumas if p < keep_from]:
                 del lumas[position]
 
-    with ThreadPoolExecutor(max_workers=scoring_threads) as worker:
+    with ThreadPoolExecutor(max_workers=scoring_threads) as worker, CanvasConverter() as converter:
         # Under frame threads FFmpeg exports wrong vectors for some frames (the pictures are the same run to run, the
         # vectors are not: 7-17 of 120 frames of a real clip differed between two decodes); slice threads do not.
         for position, frame in iter_frames(container, index, wanted, name, stats, thread_type="SLICE"):
             check_deadline(deadline, config, name, f"decoding, {stats.frames_decoded} frames in")
             geometry = geometry or frame_geometry(frame, config)
             rotation = geometry[0]
-            decode_one(frame, position, geometry, candidate_set, frames, reformatter, config.score_source)
+            decode_one(frame, position, geometry, candidate_set, converter, None, config.score_source)
             lumas[position] = full_resolution_luma(frame)
             if position in references and position not in vectors:
                 vectors[position] = motion_vectors(frame)
@@ -869,6 +869,7 @@ def decode_candidates_with_residual(
             if progress is not None and position in references:
                 progress.update(1)
         submit_ready(None)
+        frames = converter.results()
         maps = {c: job.result() for c, job in pending.items() if c in frames}
     return frames, maps, geometry[1] if geometry else None, stats
 
@@ -918,18 +919,54 @@ def scoring_luma(frame, scale: ScoringScale, reformatter) -> np.ndarray:
     return gray.to_ndarray().astype(np.int16) * scale.factor**2
 
 
-def decode_one(frame, position, geometry, candidate_set, frames, reformatter, score_source):
-    """Store a candidate's canvas-size RGB; return the frame's luma at the scoring scale when scores need it."""
-    rotation, _, coded_canvas, scale = geometry
+def decode_one(frame, position, geometry, candidate_set, converter, reformatter, score_source):
+    """Queue a candidate's canvas-size RGB; return the frame's luma at the scoring scale when scores need it."""
+    rotation, _, _, scale = geometry
     luma = None
     if score_source == "framediff":
         luma = upright(scoring_luma(frame, scale, reformatter), rotation)
-    if position in candidate_set and position not in frames:
-        rgb = reformatter.reformat(
+    if position in candidate_set and position not in converter:
+        converter.submit(position, frame, geometry)
+    return luma
+
+
+CONVERSIONS_QUEUED = 4  # decoded pictures waiting for their RGB conversion
+
+
+class CanvasConverter:
+    """Candidates' canvas-size RGB, converted on a worker thread while the decoder moves on (FFmpeg's scaler runs
+    without the GIL; on the 2-core machine this took 0.2-0.5 s off the decoding thread of a 5 s 720p clip). At most
+    CONVERSIONS_QUEUED decoded pictures wait, so memory does not grow with the video's length."""
+
+    def __init__(self):
+        self.worker = ThreadPoolExecutor(max_workers=1)
+        self.reformatter = load_av().video.reformatter.VideoReformatter()  # used by the worker thread only
+        self.jobs = {}
+
+    def __contains__(self, position: int) -> bool:
+        return position in self.jobs
+
+    def submit(self, position: int, frame, geometry) -> None:
+        unfinished = [job for job in self.jobs.values() if not job.done()]
+        if len(unfinished) >= CONVERSIONS_QUEUED:
+            unfinished[0].result()
+        rotation, _, coded_canvas, _ = geometry
+        self.jobs[position] = self.worker.submit(self.canvas_rgb, frame, coded_canvas, rotation)
+
+    def canvas_rgb(self, frame, coded_canvas: tuple[int, int], rotation: float) -> np.ndarray:
+        rgb = self.reformatter.reformat(
             frame, width=coded_canvas[1], height=coded_canvas[0], format="rgb24", interpolation="AREA"
         )
-        frames[position] = upright(rgb.to_ndarray(), rotation)
-    return luma
+        return upright(rgb.to_ndarray(), rotation)
+
+    def results(self) -> dict[int, np.ndarray]:
+        return {position: job.result() for position, job in self.jobs.items()}
+
+    def __enter__(self) -> CanvasConverter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.worker.shutdown(wait=True, cancel_futures=True)
 
 
 def released_reader_pass(

@@ -15,6 +15,8 @@ from synthetic_media import encode_moving_box, encode_video, rotate_mp4
 from conftest import tiny_config, tiny_tokenizer
 from llava_onevision2.modeling import LlavaOnevision2ForConditionalGeneration
 from llava_onevision2.processing.codec_sampling_llava_onevision2 import (
+    CONVERSIONS_QUEUED,
+    CanvasConverter,
     CodecSamplingConfig,
     canvas_size,
     is_bad_frame,
@@ -297,6 +299,35 @@ def test_bad_frame_shortcuts_decide_as_the_full_tests_do():
         assert is_bad_frame(picture) == expected, (trial, kind)
         assert is_bad_frame(np.ascontiguousarray(picture[..., ::-1]), bgr=True) == expected, (trial, kind)
     assert 0.2 < np.mean(verdicts) < 0.8  # both verdicts well represented
+
+
+def test_canvas_conversion_keeps_a_bounded_queue_and_every_picture(monkeypatch):
+    """The worker thread that turns candidates into canvas-size RGB holds at most CONVERSIONS_QUEUED decoded pictures
+    (a slow conversion makes the decoder wait instead of piling up 4K frames), and returns each candidate's own
+    picture, upright."""
+    import threading
+
+    release = threading.Event()
+    real_canvas_rgb = CanvasConverter.canvas_rgb
+
+    def slow_canvas_rgb(self, *args):
+        release.wait(timeout=0.05)  # every conversion lags the decoder
+        return real_canvas_rgb(self, *args)
+
+    monkeypatch.setattr(CanvasConverter, "canvas_rgb", slow_canvas_rgb)
+    pictures = [np.full((32, 48, 3), 10 * i, dtype=np.uint8) for i in range(12)]
+    geometry = (90, (48, 32), (32, 48), None)  # rotation 90: coded 32x48, upright 48x32
+    queued = []
+    with CanvasConverter() as converter:
+        for position, picture in enumerate(pictures):
+            converter.submit(position, av.VideoFrame.from_ndarray(picture, format="rgb24"), geometry)
+            queued.append(sum(not job.done() for job in converter.jobs.values()))
+        frames = converter.results()
+    assert max(queued) == CONVERSIONS_QUEUED
+    assert sorted(frames) == list(range(12))
+    for position in range(12):
+        assert frames[position].shape == (48, 32, 3)
+        assert abs(int(frames[position].mean()) - 10 * position) <= 1
 
 
 def test_readiness_coverage_bins_and_candidate_count_follow_the_release():
