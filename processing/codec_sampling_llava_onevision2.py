@@ -716,26 +716,32 @@ def decode_candidates(
                 unfinished = [job for job in pending.values() if not job.done()]
                 if len(unfinished) >= FRAMEDIFF_JOBS_QUEUED:
                     unfinished[0].result()
-                if (
-                    previous_position == position - 1
-                    and previous_luma is not None
-                    and previous_luma.shape == luma.shape
-                ):
-                    pending[position] = scorer.submit(
-                        motion_tolerant_difference,
-                        luma,
-                        previous_luma,
-                        scale.radius(config.shift_radius),
-                        scale.cell,
-                    )
-                else:
-                    pending[position] = scorer.submit(local_contrast, luma, scale.cell)
+                follows = previous_position == position - 1 and previous_luma is not None
+                pending[position] = scorer.submit(
+                    framediff_bits,
+                    luma,
+                    previous_luma if follows and previous_luma.shape == luma.shape else None,
+                    scale,
+                    config.shift_radius,
+                    float(index.packet_bytes[position]) * 8,
+                    index.codec,
+                )
             previous_position, previous_luma = position, luma
             if progress is not None and position in candidate_set:
                 progress.update(1)
         cell_maps = {position: future.result() for position, future in pending.items()}
         frames = converter.results()
     return frames, cell_maps, geometry[1] if geometry else None, stats
+
+
+def framediff_bits(luma, previous_luma, scale: ScoringScale, shift_radius: int, frame_bits: float, codec: str):
+    """One candidate's `framediff` map in modeled bits, on the scoring thread (beside the decoder): the motion-tolerant
+    difference to the frame before it, or its texture when that frame was not decoded."""
+    if previous_luma is None:
+        cells = local_contrast(luma, scale.cell)
+    else:
+        cells = motion_tolerant_difference(luma, previous_luma, scale.radius(shift_radius), scale.cell)
+    return modeled_bits_map(cells, frame_bits, codec)
 
 
 def decode_run(request: dict):
@@ -1317,11 +1323,8 @@ def select_and_pack(
     block_px = config.patch * config.merge
     blocks_hw = (canvas_hw[0] // block_px, canvas_hw[1] // block_px)
     blocks_per_canvas = blocks_hw[0] * blocks_hw[1]
-    bits = index.packet_bytes.astype(np.float64) * 8
-    if not bits.any():
+    if config.score_source == "framediff" and not index.packet_bytes.any():
         warnings.append("the stream reports no packet sizes; score maps are not scaled to frame bits")
-    if config.score_source == "framediff":
-        cell_maps = {i: modeled_bits_map(m, bits[i], index.codec) for i, m in cell_maps.items()}
     block_matrix = np.stack(
         [
             block_scores(score_map(cell_maps[i], canvas_hw, config.score_percentile), config.patch, config.merge)

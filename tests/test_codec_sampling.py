@@ -475,9 +475,12 @@ def test_streams_without_packet_sizes_are_reported(moving, monkeypatch):
         return index
 
     monkeypatch.setattr(codec, "index_video_stream", index_without_sizes)
-    sample = sample_codec_video(moving[0], SMALL)
+    # framediff scales its maps to the packet bits; the decoder's residual and the released bit-cost need none
+    sample = sample_codec_video(moving[0], replace(SMALL, score_source="framediff"))
     assert any("no packet sizes" in warning for warning in sample.report["warnings"])
     assert len(sample.canvases) > len(sample.groups)
+    sample = sample_codec_video(moving[0], replace(SMALL, score_source="residual"))
+    assert not any("no packet sizes" in warning for warning in sample.report["warnings"])
 
 
 def test_bitcost_source_runs_through_the_same_selection(moving, tmp_path):
