@@ -14,7 +14,13 @@ For each worker count: samples/s over `--batches` batches after the first (worke
 to samples/s with 0 workers. The toy model's training step (toy curriculum shapes, all parts learning, AdamW) is timed
 on batches held in memory; `data_over_step` = data samples/s / those training samples/s (above 1, the data path alone
 outruns the step), and `training_fed_live_over_ready_batches` times the same steps fed by a live DataLoader with that
-many workers (1.0: training never waits for data; on a CPU-only machine workers and training share the cores).
+many workers (1.0: as fast as on batches held in memory; on a CPU-only machine workers and training
+share them), and `share_of_time_waiting_for_data` is the part of those live runs spent in `next(batches)`: how long the
+data path itself holds the step back (a batch already waiting in a worker's queue still takes a few milliseconds
+to hand over), as against how much sharing the machine slows the step down.
+`split_cores` gives the cores out as a GPU machine does: training on `--training-threads` threads (default half the
+cores), fed by a DataLoader with the other cores as workers, against the same steps on ready batches at that thread
+count.
 """
 
 import argparse
@@ -132,8 +138,9 @@ def samples_per_second(stream, collator, workers: int, batch_size: int, batches:
     return batches * batch_size / seconds
 
 
-def training_samples_per_second(model, batches, batch_size: int, steps: int) -> float:
-    """Training steps over `batches` (ready in memory, or a live DataLoader iterator); the first step is warm-up."""
+def training_samples_per_second(model, batches, batch_size: int, steps: int) -> tuple[float, float]:
+    """Training steps over `batches` (ready in memory, or a live DataLoader iterator); the first step is warm-up.
+    Returns samples/s and the share of the time spent waiting for the next batch."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     batches = iter(batches)
@@ -145,10 +152,35 @@ def training_samples_per_second(model, batches, batch_size: int, steps: int) -> 
         optimizer.zero_grad()
 
     step(next(batches))
+    waiting = 0.0
     start = time.perf_counter()
     for _ in range(steps):
-        step(next(batches))
-    return steps * batch_size / (time.perf_counter() - start)
+        asked = time.perf_counter()
+        batch = next(batches)
+        waiting += time.perf_counter() - asked
+        step(batch)
+    seconds = time.perf_counter() - start
+    return steps * batch_size / seconds, waiting / seconds
+
+
+def split_cores(model, stream, collator, ready: list, args, training_threads: int, workers: int) -> dict:
+    """Training on `training_threads` threads, on ready batches and fed live by `workers` DataLoader workers (each
+    worker runs one thread, so the two never compete for a core when they add up to the machine's)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(training_threads)
+    try:
+        ready_rate, _ = training_samples_per_second(model, ready, args.batch_size, args.train_steps)
+        live = loader(stream, collator, workers, args.batch_size)
+        live_rate, waiting = training_samples_per_second(model, iter(live), args.batch_size, args.train_steps)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "training_threads": training_threads,
+        "workers": workers,
+        "toy_training_samples_per_second": round(ready_rate, 1),
+        "training_fed_live_over_ready_batches": round(live_rate / ready_rate, 2),
+        "share_of_time_waiting_for_data": round(waiting, 3),
+    }
 
 
 def loader(stream, collator, workers: int, batch_size: int):
@@ -162,9 +194,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--train-steps", type=int, default=15)
+    parser.add_argument("--train-steps", type=int, default=40)
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--videos", type=int, default=24)
+    parser.add_argument(
+        "--training-threads", type=int, default=None, help="split_cores: threads of the training step (half the cores)"
+    )
     parser.add_argument("--output", help="also write the JSON report here")
     args = parser.parse_args()
 
@@ -190,6 +225,8 @@ def main() -> None:
             ],
         }
         report = {"cpu_count": os.cpu_count(), "batch_size": args.batch_size, "sources": {}}
+        training_threads = args.training_threads or max(1, (os.cpu_count() or 2) // 2)
+        split_workers = max(1, (os.cpu_count() or 2) - training_threads)
         for name, entries in sources.items():
             recipe = toy_recipe(entries, root / "processor", root / "out")
             processor = load_processor(recipe)
@@ -205,7 +242,9 @@ def main() -> None:
             rates = {w: samples_per_second(stream, collator, w, args.batch_size, args.batches) for w in args.workers}
             model = build_model(recipe, processor)
             ready = list(zip(range(args.train_steps + 1), iter(loader(stream, collator, 0, args.batch_size))))
-            train_rate = training_samples_per_second(model, [b for _, b in ready], args.batch_size, args.train_steps)
+            train_rate, _ = training_samples_per_second(
+                model, [b for _, b in ready], args.batch_size, args.train_steps
+            )
             live = {
                 w: training_samples_per_second(
                     model, iter(loader(stream, collator, w, args.batch_size)), args.batch_size, args.train_steps
@@ -217,7 +256,13 @@ def main() -> None:
                 "speedup_over_0_workers": {str(w): round(r / rates[args.workers[0]], 2) for w, r in rates.items()},
                 "toy_training_samples_per_second": round(train_rate, 1),
                 "data_over_step": {str(w): round(r / train_rate, 2) for w, r in rates.items()},
-                "training_fed_live_over_ready_batches": {str(w): round(r / train_rate, 2) for w, r in live.items()},
+                "training_fed_live_over_ready_batches": {
+                    str(w): round(r / train_rate, 2) for w, (r, _) in live.items()
+                },
+                "share_of_time_waiting_for_data": {str(w): round(waiting, 3) for w, (_, waiting) in live.items()},
+                "split_cores": split_cores(
+                    model, stream, collator, [b for _, b in ready], args, training_threads, split_workers
+                ),
             }
     emit_report(report, args.output)
 
