@@ -29,6 +29,7 @@ from llava_onevision2.processing.codec_sampling_llava_onevision2 import (
     sample_codec_video,
     time_bins,
     uniform_candidate_ids,
+    wait_for_room,
 )
 from llava_onevision2.processing.codec_visualization_llava_onevision2 import selection_mask, visualize_codec_selection
 from llava_onevision2.processing.image_processing_llava_onevision2 import LlavaOnevision2ImageProcessor
@@ -328,6 +329,24 @@ def test_canvas_conversion_keeps_a_bounded_queue_and_every_picture(monkeypatch):
     for position in range(12):
         assert frames[position].shape == (48, 32, 3)
         assert abs(int(frames[position].mean()) - 10 * position) <= 1
+
+
+def test_wait_for_room_keeps_fewer_unfinished_jobs_than_the_limit_and_passes_failures_on():
+    import threading
+    from collections import deque
+    from concurrent.futures import Future
+
+    oldest, finished_early, newest = Future(), Future(), Future()
+    jobs = deque([oldest, finished_early, newest])
+    finished_early.set_result(None)  # out of order: counted until the jobs before it are done
+    threading.Timer(0.05, oldest.set_result, [None]).start()
+    wait_for_room(jobs, 3)  # three queued: waits for the oldest, then drops the finished one behind it
+    assert oldest.done() and list(jobs) == [newest]
+    wait_for_room(jobs, 3)  # room already: nothing waited for, nothing dropped
+    assert list(jobs) == [newest]
+    newest.set_exception(RuntimeError("scoring failed"))
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        wait_for_room(jobs, 3)
 
 
 def test_readiness_coverage_bins_and_candidate_count_follow_the_release():
