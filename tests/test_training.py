@@ -315,6 +315,36 @@ def test_trainer_arguments_are_built_without_warnings(toy, tmp_path, given, expe
         args = recipe_with_flags(toy, tmp_path, **settings).sft
     assert args.activation_checkpointing is expected and args.gradient_checkpointing is expected
     assert args.dataloader_pin_memory is torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        assert args.dataloader_num_workers == 0  # workers would only compete with the step for the cores
+
+
+def test_data_workers_default_to_a_fixed_count_where_a_gpu_trains_and_shared_memory_has_room(monkeypatch):
+    """Where the step runs on a GPU, DataLoader workers decode beside it: GPU_DATA_WORKERS per rank, whatever the core
+    count (a resumed run reads its stream the same way). A container's small /dev/shm would kill the workers on their
+    first large batch, so there the default is 0, with a warning naming the fix; a count the recipe or a flag sets is
+    kept, without a warning."""
+    import warnings
+
+    from llava_onevision2.training import recipe as recipes
+
+    def defaults(given=frozenset(), **values):
+        recipes.apply_hardware_defaults(values, given)
+        return values
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(recipes, "shared_memory_bytes", lambda: 64 * 2**30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert defaults()["dataloader_num_workers"] == recipes.GPU_DATA_WORKERS
+        monkeypatch.setattr(recipes, "shared_memory_bytes", lambda: 64 * 2**20)
+        assert defaults(dataloader_num_workers=2)["dataloader_num_workers"] == 2
+        assert "dataloader_num_workers" not in defaults({"dataloader_num_workers"})  # the flag decides
+    with pytest.warns(UserWarning, match=r"/dev/shm holds only 64 MiB.*--shm-size"):
+        assert defaults()["dataloader_num_workers"] == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert defaults()["dataloader_num_workers"] == 0
 
 
 def test_contradicting_checkpointing_names_fail_loudly(toy, tmp_path):

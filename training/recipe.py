@@ -21,6 +21,7 @@ lists as YAML).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -158,12 +159,55 @@ def read_recipe_file(path: str, seen: tuple[str, ...] = ()) -> dict:
     return {**read_recipe_file(os.path.join(os.path.dirname(path), parent), (*seen, path)), **values}
 
 
-def apply_hardware_defaults(values: dict) -> None:
-    """Defaults that depend on the machine, where the recipe leaves them open: TRL's bf16 mixed precision needs a GPU
-    that supports it, and pinning memory without a GPU only warns."""
+# DataLoader workers per rank where the step runs on a GPU: decoding then overlaps the step instead of taking turns
+# with it. A fixed count, not one per core, so a run resumed on another GPU machine reads its stream the same way.
+GPU_DATA_WORKERS = 4
+# Workers hand batches to the trainer through shared memory (/dev/shm); containers start with 64 MiB, which one
+# batch of video rows exceeds (the worker then dies of a bus error).
+MIN_WORKER_SHARED_MEMORY = 2 * 2**30
+SHARED_MEMORY = "/dev/shm"
+
+
+def shared_memory_bytes() -> int | None:
+    """Size of the shared-memory file system DataLoader workers hand batches over through, or None without one."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(SHARED_MEMORY).total
+    except OSError:
+        return None
+
+
+def default_data_workers(cuda: bool) -> int:
+    """`dataloader_num_workers` where the recipe leaves it open: GPU_DATA_WORKERS on a GPU machine with room in
+    /dev/shm, else 0. On a CPU-only machine workers would compete with the step for the same cores
+    (bench/data_bench.py: fed by workers, training ran no faster on 2 cores); too little shared memory kills a worker
+    on its first large batch, so the data path then stays in the training process, with a warning that says how to
+    get the workers."""
+    if not cuda:
+        return 0
+    room = shared_memory_bytes()
+    if room is not None and room < MIN_WORKER_SHARED_MEMORY:
+        warnings.warn(
+            f"{SHARED_MEMORY} holds only {room / 2**20:.0f} MiB, too little for DataLoader workers to hand over "
+            f"batches, so samples are decoded in the training process (dataloader_num_workers=0). In a container, "
+            f"start it with more shared memory (docker run --shm-size=16g, or --ipc=host) to get "
+            f"{GPU_DATA_WORKERS} workers per rank, or set dataloader_num_workers yourself.",
+            stacklevel=3,
+        )
+        return 0
+    return GPU_DATA_WORKERS
+
+
+def apply_hardware_defaults(values: dict, given: set[str] = frozenset()) -> None:
+    """Defaults that depend on the machine, where neither the recipe nor a command-line flag (`given`) sets them:
+    TRL's bf16 mixed precision needs a GPU that supports it, pinning memory without a GPU only warns, and DataLoader
+    workers pay off where the step does not run on the CPU cores (`default_data_workers`)."""
     cuda = torch.cuda.is_available()
     values.setdefault("bf16", cuda and torch.cuda.is_bf16_supported())
     values.setdefault("dataloader_pin_memory", cuda)
+    if "dataloader_num_workers" not in values and "dataloader_num_workers" not in given:
+        values["dataloader_num_workers"] = default_data_workers(cuda)
 
 
 def use_current_checkpointing_names(values: dict) -> None:
@@ -194,7 +238,7 @@ def load_recipe(path: str, flags: list[str] = ()) -> Recipe:
     if "output_dir" not in values and "output_dir" not in given:
         raise ValueError(f"{path}: output_dir is required.")
     values.setdefault("stage", os.path.splitext(os.path.basename(path))[0])
-    apply_hardware_defaults(values)
+    apply_hardware_defaults(values, given)
     use_current_checkpointing_names(values)
     parser = recipe_parser()
     unknown = parser.set_defaults_with_config(**values)
