@@ -409,6 +409,15 @@ def test_resume_continues_the_same_loss_curve(toy, tmp_path):
     straight = run(load_recipe(recipe, stage_overrides(toy, tmp_path / "straight", common)))
     checkpoint = tmp_path / "straight" / "checkpoint-2"
     assert checkpoint.exists() and (checkpoint / "optimizer.pt").exists() and (checkpoint / "rng_state.pth").exists()
+    assert json.loads((checkpoint / "data_readers.json").read_text()) == {"ranks": 1, "dataloader_workers_per_rank": 0}
+    with pytest.raises(ValueError, match=r"1 rank\(s\) x 0 DataLoader worker\(s\), this run has 1 x 1"):
+        run(
+            load_recipe(
+                recipe,
+                stage_overrides(toy, tmp_path / "other", common)
+                + [f"--resume_from_checkpoint={checkpoint}", "--dataloader_num_workers=1"],
+            )
+        )
     resumed = run(
         load_recipe(
             recipe,
@@ -421,6 +430,40 @@ def test_resume_continues_the_same_loss_curve(toy, tmp_path):
     np.testing.assert_allclose(losses(resumed)[-2:], losses(straight)[2:], rtol=1e-4)
     reloaded = LlavaOnevision2ForConditionalGeneration.from_pretrained(tmp_path / "resumed")
     assert reloaded.config.image_token_id == build_toy_processor().image_token_id
+
+
+def test_resuming_with_other_readers_fails_unless_the_stream_is_not_replayed(tmp_path):
+    """The check behind a resumed run's data position: the checkpoint's ranks x workers must be this run's; the
+    latest checkpoint is found for `resume_from_checkpoint=True`; `ignore_data_skip` and checkpoints without a
+    record pass."""
+    from types import SimpleNamespace
+
+    from llava_onevision2.training.sft import check_resume_readers
+
+    for step, workers in ((2, 4), (4, 2)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "data_readers.json").write_text(
+            json.dumps({"ranks": 8, "dataloader_workers_per_rank": workers})
+        )
+    (tmp_path / "checkpoint-1").mkdir()  # written before the record existed
+
+    def args(resume, workers=2, world_size=8, ignore_data_skip=False):
+        return SimpleNamespace(
+            resume_from_checkpoint=resume,
+            output_dir=str(tmp_path),
+            dataloader_num_workers=workers,
+            world_size=world_size,
+            ignore_data_skip=ignore_data_skip,
+        )
+
+    check_resume_readers(args(True))  # the latest, checkpoint-4: 8 x 2, as now
+    check_resume_readers(args(None, workers=0))  # not resuming
+    check_resume_readers(args(str(tmp_path / "checkpoint-1"), workers=0))
+    with pytest.raises(ValueError, match=r"8 rank\(s\) x 4 .* this run has 8 x 2.*--dataloader_num_workers 4"):
+        check_resume_readers(args(str(tmp_path / "checkpoint-2")))
+    with pytest.raises(ValueError, match=r"this run has 4 x 2.*Launch 8 process"):
+        check_resume_readers(args(True, world_size=4))
+    check_resume_readers(args(str(tmp_path / "checkpoint-2"), ignore_data_skip=True))
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@
 The recipe (see `recipe.py`: TRL's SFTConfig and ModelConfig plus VisionArguments) names the data mixture, the parts
 that learn and their learning rates, the sequence, frame and pixel budgets, and the trainer's arguments. Checkpoints
 are complete model folders (weights, config, remote code, processor) that `from_pretrained` loads;
-`--resume_from_checkpoint` continues a run exactly (optimizer, scheduler, RNG and data position).
+`--resume_from_checkpoint` continues a run exactly (optimizer, scheduler, RNG and data position; the data position
+needs the same ranks and DataLoader workers, which each checkpoint records and a resumed run checks).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import os
 import sys
 
 import torch
-from transformers import AutoProcessor, set_seed
+from transformers import AutoProcessor, TrainerCallback, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
 
 from ..modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
@@ -80,6 +82,56 @@ class StageTrainer(SFTTrainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(list(groups.values()), **optimizer_kwargs)
         return self.optimizer
+
+
+# Written into every checkpoint: how many readers dealt the data stream out (see TrainingStream).
+DATA_READERS_FILE = "data_readers.json"
+
+
+def data_readers(ranks: int, workers: int) -> dict:
+    return {"ranks": ranks, "dataloader_workers_per_rank": workers}
+
+
+class RecordDataReaders(TrainerCallback):
+    """Records in each checkpoint the ranks and DataLoader workers that read the data stream: a resumed run replays
+    its stream to the checkpoint's position only with the same ones (`check_resume_readers`)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            with open(os.path.join(folder, DATA_READERS_FILE), "w") as handle:
+                json.dump(data_readers(args.world_size, args.dataloader_num_workers), handle)
+
+
+def resumed_checkpoint(args: SFTConfig) -> str | None:
+    """The checkpoint folder `trainer.train(resume_from_checkpoint=...)` will continue from, or None."""
+    resume = args.resume_from_checkpoint
+    if resume in (None, False, "", "false", "False"):
+        return None
+    if resume in (True, "true", "True"):
+        return get_last_checkpoint(args.output_dir)
+    return str(resume)
+
+
+def check_resume_readers(args: SFTConfig) -> None:
+    """A resumed run continues the data stream where it stopped only when the same ranks and DataLoader workers read
+    it (each reader's share and draw depend on how many there are). Otherwise it would silently train on another
+    order, so this fails, naming what to launch, unless `ignore_data_skip` says not to replay the stream."""
+    checkpoint = resumed_checkpoint(args)
+    path = os.path.join(checkpoint, DATA_READERS_FILE) if checkpoint else None
+    if path is None or args.ignore_data_skip or not os.path.exists(path):  # older checkpoints have no record
+        return
+    with open(path) as handle:
+        saved = json.load(handle)
+    now = data_readers(args.world_size, args.dataloader_num_workers)
+    if saved != now:
+        raise ValueError(
+            f"{checkpoint} was written by {saved['ranks']} rank(s) x {saved['dataloader_workers_per_rank']} "
+            f"DataLoader worker(s), this run has {now['ranks']} x {now['dataloader_workers_per_rank']}: its data "
+            f"stream would not continue where the checkpoint stopped. Launch {saved['ranks']} process(es) with "
+            f"--dataloader_num_workers {saved['dataloader_workers_per_rank']}, or pass --ignore_data_skip true to "
+            "go on with the stream restarted for the new layout."
+        )
 
 
 def load_processor(recipe: Recipe):
@@ -306,6 +358,7 @@ def prepare(recipe: Recipe, model=None, processor=None):
         processing_class=processor,
         peft_config=get_peft_config(recipe.model),
         learning_rates=recipe.vision.learning_rates,
+        callbacks=[RecordDataReaders()],
     )
     if recipe.sft.fsdp and not torch.cuda.is_available():
         enable_fsdp_on_cpu(trainer)
@@ -318,6 +371,7 @@ def run(recipe: Recipe) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     trainer, processor, _ = prepare(recipe)
+    check_resume_readers(trainer.args)
     result = trainer.train(resume_from_checkpoint=recipe.sft.resume_from_checkpoint)
     output_dir = trainer.args.output_dir
     save_outputs(trainer, processor, recipe, output_dir)
