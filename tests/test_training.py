@@ -447,23 +447,22 @@ def test_resuming_with_other_readers_fails_unless_the_stream_is_not_replayed(tmp
         )
     (tmp_path / "checkpoint-1").mkdir()  # written before the record existed
 
-    def args(resume, workers=2, world_size=8, ignore_data_skip=False):
+    def args(workers=2, world_size=8, ignore_data_skip=False):
         return SimpleNamespace(
-            resume_from_checkpoint=resume,
             output_dir=str(tmp_path),
             dataloader_num_workers=workers,
             world_size=world_size,
             ignore_data_skip=ignore_data_skip,
         )
 
-    check_resume_readers(args(True))  # the latest, checkpoint-4: 8 x 2, as now
-    check_resume_readers(args(None, workers=0))  # not resuming
-    check_resume_readers(args(str(tmp_path / "checkpoint-1"), workers=0))
+    check_resume_readers(args(), True)  # the latest, checkpoint-4: 8 x 2, as now
+    check_resume_readers(args(workers=0), None)  # not resuming
+    check_resume_readers(args(workers=0), str(tmp_path / "checkpoint-1"))
     with pytest.raises(ValueError, match=r"8 rank\(s\) x 4 .* this run has 8 x 2.*--dataloader_num_workers 4"):
-        check_resume_readers(args(str(tmp_path / "checkpoint-2")))
+        check_resume_readers(args(), str(tmp_path / "checkpoint-2"))
     with pytest.raises(ValueError, match=r"this run has 4 x 2.*Launch 8 process"):
-        check_resume_readers(args(True, world_size=4))
-    check_resume_readers(args(str(tmp_path / "checkpoint-2"), ignore_data_skip=True))
+        check_resume_readers(args(world_size=4), True)
+    check_resume_readers(args(ignore_data_skip=True), str(tmp_path / "checkpoint-2"))
 
 
 @pytest.mark.slow

@@ -60,6 +60,10 @@ class StageTrainer(SFTTrainer):
         self.learning_rates = dict(learning_rates or {})
         super().__init__(*args, **kwargs)
 
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        check_resume_readers(self.args, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
             return self.optimizer
@@ -103,21 +107,20 @@ class RecordDataReaders(TrainerCallback):
                 json.dump(data_readers(args.world_size, args.dataloader_num_workers), handle)
 
 
-def resumed_checkpoint(args: SFTConfig) -> str | None:
-    """The checkpoint folder `trainer.train(resume_from_checkpoint=...)` will continue from, or None."""
-    resume = args.resume_from_checkpoint
+def resumed_checkpoint(resume, output_dir: str) -> str | None:
+    """The checkpoint folder `trainer.train(resume_from_checkpoint=resume)` continues from, or None."""
     if resume in (None, False, "", "false", "False"):
         return None
     if resume in (True, "true", "True"):
-        return get_last_checkpoint(args.output_dir)
+        return get_last_checkpoint(output_dir)
     return str(resume)
 
 
-def check_resume_readers(args: SFTConfig) -> None:
+def check_resume_readers(args: SFTConfig, resume) -> None:
     """A resumed run continues the data stream where it stopped only when the same ranks and DataLoader workers read
     it (each reader's share and draw depend on how many there are). Otherwise it would silently train on another
     order, so this fails, naming what to launch, unless `ignore_data_skip` says not to replay the stream."""
-    checkpoint = resumed_checkpoint(args)
+    checkpoint = resumed_checkpoint(resume, args.output_dir)
     path = os.path.join(checkpoint, DATA_READERS_FILE) if checkpoint else None
     if path is None or args.ignore_data_skip or not os.path.exists(path):  # older checkpoints have no record
         return
@@ -371,7 +374,6 @@ def run(recipe: Recipe) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     trainer, processor, _ = prepare(recipe)
-    check_resume_readers(trainer.args)
     result = trainer.train(resume_from_checkpoint=recipe.sft.resume_from_checkpoint)
     output_dir = trainer.args.output_dir
     save_outputs(trainer, processor, recipe, output_dir)
