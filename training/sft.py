@@ -101,8 +101,8 @@ class RecordDataReaders(TrainerCallback):
     its stream to the checkpoint's position only with the same ones (`check_resume_readers`)."""
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(folder):
             with open(os.path.join(folder, DATA_READERS_FILE), "w") as handle:
                 json.dump(data_readers(args.world_size, args.dataloader_num_workers), handle)
 
