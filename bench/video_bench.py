@@ -37,8 +37,11 @@ from common import emit_report  # noqa: E402
 CACHE = Path(__file__).resolve().parent / "results"
 
 
-def encode_test_video(path: Path, minutes: float, width: int, height: int, rate: int) -> None:
-    """A moving gradient with a bouncing box: cheap to encode, realistic GOP structure (x264 defaults)."""
+def encode_test_video(
+    path: Path, minutes: float, width: int, height: int, rate: int, keyframe_interval: int | None = None
+) -> None:
+    """A moving gradient with a bouncing box: cheap to encode, realistic GOP structure (x264 defaults, or a keyframe
+    every `keyframe_interval` frames)."""
     frames = int(minutes * 60 * rate)
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
@@ -53,7 +56,8 @@ def encode_test_video(path: Path, minutes: float, width: int, height: int, rate:
             image[top : top + 80, left : left + 80] = 255
             yield image
 
-    encode_frames(images(), path, rate=rate, options={"preset": "ultrafast", "crf": "28"})
+    options = {"preset": "ultrafast", "crf": "28"}
+    encode_frames(images(), path, rate=rate, options=options, keyframe_interval=keyframe_interval)
 
 
 def run_method(method: str, path: str, fps: float, max_frames: int) -> dict:

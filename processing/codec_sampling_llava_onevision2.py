@@ -35,9 +35,9 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
 
 Decoding is one pass over the needed frames (candidates and their predecessors, or their reference pictures),
 seeking by GOP when that skips work; only candidate frames are converted to RGB, at canvas size. With the released
-bit-cost, the released reader's single pass returns both the bits and the canvas-size pictures. A long video file
-is decoded in keyframe-aligned segments by several processes, with the same result (`decode_processes`,
-`codec_segments_llava_onevision2`). Results are cached on disk under `cache_root` (the released default location
+bit-cost, the released reader returns both the bits and the canvas-size pictures, in runs that start again at a later
+keyframe wherever that skips frames no candidate needs. A long video file is decoded in keyframe-aligned segments by
+several processes, with the same result (`decode_processes`, `codec_segments_llava_onevision2`). Results are cached on disk under `cache_root` (the released default location
 unless set; `None` turns it off) with a key made of the file's content hash and every setting. PyAV is loaded on
 first use, so importing this module costs nothing for image-only users.
 """
@@ -65,7 +65,7 @@ from .codec_residual_llava_onevision2 import (
     local_contrast,
     reference_candidates,
 )
-from .codec_segments_llava_onevision2 import plan_segments, run_segments, segment_processes
+from .codec_segments_llava_onevision2 import frames_to_decode, plan_segments, run_segments, segment_processes
 from .resize_rule_llava_onevision2 import smart_resize
 from .video_decoding_llava_onevision2 import (
     DecodeStats,
@@ -87,12 +87,14 @@ MIN_CANVAS_PIXELS = 56 * 56
 
 
 def bitcost_reader():
-    """The released per-macroblock bit-cost reader (`pip install --no-deps codec-video-prep`), or None."""
+    """The released per-macroblock bit-cost reader (`pip install --no-deps codec-video-prep`), or None: its module
+    `codec_video_prep.cv_reader_fast`, whose `read_video_fast_selected` reads from the first frame and
+    `read_video_fast_selected_segment` from a given keyframe."""
     try:
-        from codec_video_prep.cv_reader_fast import read_video_fast_selected
+        from codec_video_prep import cv_reader_fast
     except ImportError:
         return None
-    return read_video_fast_selected
+    return cv_reader_fast
 
 
 def released_cache_root() -> str:
@@ -779,21 +781,22 @@ def decode_candidates_in_segments(source, index, candidate_ids: list[int], confi
     if not isinstance(source, (str, os.PathLike)):
         return None, None
     keyframes = [int(i) for i in np.flatnonzero(index.keyframe)]
-    runs = plan_segments(candidate_ids, keyframes, segment_processes(config.decode_processes, max(candidate_ids) + 1))
-    if len(runs) < 2:
+    processes = segment_processes(config.decode_processes, frames_to_decode(candidate_ids, keyframes))
+    shares = plan_segments(candidate_ids, keyframes, processes)
+    if len(shares) < 2:
         return None, None
     requests = [
         {
             "path": os.fspath(source),
-            "candidate_ids": ids,
+            "candidate_ids": [i for _, ids in runs for i in ids],  # `iter_frames` skips between them as the runs do
             "config": config,
             "index": index,
             "name": name,
             "seconds_left": max(0.0, deadline - time.monotonic()),
             # the processes share the CPUs: their scoring threads (and the pictures queued for them) are divided
-            "scoring_threads": max(1, SCORING_THREADS // len(runs)),
+            "scoring_threads": max(1, SCORING_THREADS // len(shares)),
         }
-        for _, ids in runs
+        for runs in shares
     ]
     results, problem = in_segments(f"{__name__}:decode_run", requests, deadline, config, name)
     if results is None:
@@ -984,13 +987,18 @@ class CanvasConverter:
 def released_reader_pass(
     source, index, candidate_ids: list[int], config: CodecSamplingConfig, geometry, name: str, deadline: float
 ):
-    """One pass of the released patched decoder (codec-video-prep): each candidate's canvas-size RGB and per-block bit
-    counts together, as the release's own default backend reads them (it skips the deblocking filter, so these pixels
-    are the release's, not a fully filtered decode). Long videos are read in keyframe-aligned segments by several
-    processes (`codec_segments_llava_onevision2`), with the same result wherever the reader's single pass gives every
-    frame asked for a bit-cost (which frames it leaves without one can depend on the list asked for). Returns
-    (frames, bit maps, frames decoded, problem, notes): `problem` says why the pass cannot be trusted (its frame
-    numbering disagrees with our index), else None; `notes` report a segmented read that fell back to one process."""
+    """The released patched decoder (codec-video-prep) read once over what the candidates need: each candidate's
+    canvas-size RGB and per-block bit counts together, as the release's own default backend reads them (it skips the
+    deblocking filter, so these pixels are the release's, not a fully filtered decode).
+
+    The release reads from the first frame to the last candidate. Bits are counted per frame by the entropy decoder
+    and pictures of a GOP depend on nothing before its keyframe, so here the reader starts again at a later keyframe
+    wherever that skips frames no candidate needs (GOPs without candidates, GOP tails after the last one), and a long
+    video's runs are shared among several processes (`codec_segments_llava_onevision2`). Bits and pictures are those of
+    one pass from the start; that pass can also leave a B-frame candidate without bits (which ones depends on the list
+    of frames asked for), the shorter runs here did not. Returns (frames, bit maps, frames decoded, problem, notes):
+    `problem` says why the pass cannot be trusted (its frame numbering disagrees with our index), else None; `notes`
+    report runs that fell back to one pass from the start."""
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(f"{name}: score_source='bitcost' reads a file path (the patched decoder opens it itself).")
     grid = config.bitcost_grid
@@ -998,11 +1006,7 @@ def released_reader_pass(
         grid = "ctu" if index.codec in ("hevc", "vp9") else "mb"
     key = {"mb": "mb_bit_cost", "sub": "sub_mb_bit_cost", "ctu": "ctu_bit_cost"}[grid]
     rotation, _, coded_canvas, _ = geometry
-    # Our keyframes up to the last candidate ride along (the reader decodes from the start anyway): the reader numbers
-    # frames itself, and its keyframes must land where ours do for its pictures and bits to be the candidates'.
-    last = max(candidate_ids)
-    keyframes = [int(i) for i in np.flatnonzero(index.keyframe) if i <= last]
-    wanted = sorted(set(candidate_ids) | set(keyframes))
+    keyframes = [int(i) for i in np.flatnonzero(index.keyframe)]
     options = {
         "export_bitcost": 1,
         "thread_type": "slice",
@@ -1010,35 +1014,38 @@ def released_reader_pass(
         "out_w": coded_canvas[1],
         "out_h": coded_canvas[0],
     }
+    processes = segment_processes(config.decode_processes, frames_to_decode(candidate_ids, keyframes))
+    requests = [
+        {
+            "path": os.fspath(source),
+            # The keyframes a run passes ride along: the reader numbers frames itself, and its I frames must land
+            # where our keyframes are for its pictures and bits to be the candidates'.
+            "runs": [(first, with_keyframes(ids, first, keyframes)) for first, ids in runs],
+            "options": options,
+            "pixel_ids": sorted({i for _, ids in runs for i in ids}),
+            "bitcost_key": key,
+        }
+        for runs in plan_segments(candidate_ids, keyframes, processes)
+    ]
+    items, problem = in_segments(f"{__name__}:read_released_run", requests, deadline, config, name)
     by_id, notes = None, []
-    runs = plan_segments(wanted, keyframes, segment_processes(config.decode_processes, last + 1))
-    if len(runs) > 1:
-        requests = [
-            {
-                "path": os.fspath(source),
-                "frame_ids": ids,
-                "seek_frame": first,
-                "options": options,
-                "pixel_ids": sorted(set(candidate_ids) & set(ids)),
-                "bitcost_key": key,
-            }
-            for first, ids in runs
-        ]
-        items, problem = in_segments(f"{__name__}:read_released_run", requests, deadline, config, name)
-        if items is not None:
-            problem = next(filter(None, (left_out_frame(r, run) for r, run in zip(requests, items))), None)
-        if problem is None:
-            by_id = {int(item["frame_idx"]): item for run in items for item in run}
-            problem = misplaced_keyframes(by_id, keyframes, name)
-        if problem:
-            by_id = None
-            notes.append(f"the bit-cost read in segments fell back to one process: {problem}")
-    if by_id is None:
+    if items is not None:
+        problem = next(filter(None, (left_out_frame(r, run) for r, run in zip(requests, items))), None)
+    if problem is None:
+        by_id = {int(item["frame_idx"]): item for share in items for run in share for item in run}
+        problem = misplaced_keyframes(by_id, keyframes, name)
+    frames_decoded = sum(ids[-1] - first + 1 for request in requests for first, ids in request["runs"])
+    if problem:
+        check_deadline(deadline, config, name, "reading bit-costs")
+        notes.append(f"the bit-cost read from keyframes fell back to one process reading from the start: {problem}")
+        last = max(candidate_ids)
+        wanted = sorted(set(candidate_ids) | {k for k in keyframes if k <= last})
         try:
-            items = bitcost_reader()(os.fspath(source), wanted, **options)
+            items = bitcost_reader().read_video_fast_selected(os.fspath(source), wanted, **options)
         except (OSError, RuntimeError, ValueError) as error:
             raise ValueError(f"Bit-cost reading failed for {name}: {error}") from error
         by_id = {int(item["frame_idx"]): item for item in items}
+        frames_decoded = last + 1
         problem = misplaced_keyframes(by_id, keyframes, name)
         if problem:
             return {}, {}, 0, problem, notes
@@ -1054,7 +1061,12 @@ def released_reader_pass(
         if key in bitcost:
             # the decoder's grid is in coded orientation; turned like the pictures, so each block scores its own pixels
             maps[frame_id] = upright(np.asarray(bitcost[key], dtype=np.float64), rotation)
-    return frames, maps, last + 1, None, notes
+    return frames, maps, frames_decoded, None, notes
+
+
+def with_keyframes(ids: list[int], first: int, keyframes: list[int]) -> list[int]:
+    """A run's wanted ids and the keyframes it decodes through."""
+    return sorted(set(ids) | {k for k in keyframes if first <= k <= ids[-1]})
 
 
 def misplaced_keyframes(by_id: dict, keyframes: list[int], name: str) -> str | None:
@@ -1069,33 +1081,38 @@ def misplaced_keyframes(by_id: dict, keyframes: list[int], name: str) -> str | N
     )
 
 
-def read_released_run(request: dict) -> list[dict]:
-    """One keyframe-aligned run of the released reader (`codec_segments_llava_onevision2` calls it in whichever
-    process decodes the run), trimmed: pictures only for candidates, and only the bit-cost grid in use (a keyframe
-    that rides along to check numbering needs its picture type, not its picture)."""
-    from codec_video_prep.cv_reader_fast import read_video_fast_selected_segment
+def read_released_run(request: dict) -> list[list[dict]]:
+    """The released reader over one process's runs (`codec_segments_llava_onevision2` calls it in whichever process
+    decodes them), each from its keyframe up to its last frame, trimmed: pictures only for candidates, and only the
+    bit-cost grid in use (a keyframe that rides along to check numbering needs its picture type, not its picture).
+    Returns each run's items."""
+    read_from_keyframe = bitcost_reader().read_video_fast_selected_segment
+    pixel_ids, key = set(request["pixel_ids"]), request["bitcost_key"]
+    results = []
+    for first, frame_ids in request["runs"]:
+        items = read_from_keyframe(request["path"], frame_ids, first, frame_ids[-1] + 1, **request["options"])
+        kept, wanted = [], set(frame_ids)
+        for item in items:
+            frame_id = int(item["frame_idx"])
+            if frame_id not in wanted:
+                continue
+            item = dict(item)
+            if frame_id not in pixel_ids:
+                item.pop("pixels", None)
+            bitcost = item.get("bitcost") or {}
+            item["bitcost"] = {key: bitcost[key]} if key in bitcost else {}
+            kept.append(item)
+        results.append(kept)
+    return results
 
-    frame_ids, pixel_ids = request["frame_ids"], set(request["pixel_ids"])
-    items = read_video_fast_selected_segment(
-        request["path"], frame_ids, request["seek_frame"], frame_ids[-1] + 1, **request["options"]
-    )
-    kept, wanted, key = [], set(frame_ids), request["bitcost_key"]
-    for item in items:
-        frame_id = int(item["frame_idx"])
-        if frame_id not in wanted:
-            continue
-        item = dict(item)
-        if frame_id not in pixel_ids:
-            item.pop("pixels", None)
-        bitcost = item.get("bitcost") or {}
-        item["bitcost"] = {key: bitcost[key]} if key in bitcost else {}
-        kept.append(item)
-    return kept
 
-
-def left_out_frame(request: dict, items: list[dict]) -> str | None:
-    missing = set(request["frame_ids"]) - {int(item["frame_idx"]) for item in items}
-    return f"the run from frame {request['seek_frame']} left out frame {min(missing)}" if missing else None
+def left_out_frame(request: dict, run_items: list[list[dict]]) -> str | None:
+    """Which frame a run asked for and did not get back, or None."""
+    for (first, frame_ids), items in zip(request["runs"], run_items):
+        missing = set(frame_ids) - {int(item["frame_idx"]) for item in items}
+        if missing:
+            return f"the run from frame {first} left out frame {min(missing)}"
+    return None
 
 
 def in_segments(target: str, requests: list[dict], deadline: float, config: CodecSamplingConfig, name: str):

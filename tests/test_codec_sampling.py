@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -524,12 +525,13 @@ PICTURE_TYPES = {1: "I", 2: "P", 3: "B"}  # PyAV numbers picture types as FFmpeg
 
 
 def fake_bitcost_reader(calls, numbering_offset: int = 0):
-    """Stands in for codec-video-prep's reader (same call and item layout): decodes the file front to back and returns,
-    per requested frame, its picture type, BGR pixels at the requested size and a bit-cost map busiest on the right
-    half. `numbering_offset` makes it count frames differently from the file, as a reader that disagrees would."""
+    """Stands in for codec-video-prep's reader module (same calls and item layout): decodes the file front to back and
+    returns, per requested frame (from `seek_frame` on, for a read from a keyframe), its picture type, BGR pixels at
+    the requested size and a bit-cost map busiest on the right half. `numbering_offset` makes it count frames
+    differently from the file, as a reader that disagrees would. `calls` gets (path, first frame) per read."""
 
-    def read(path, frame_ids, export_bitcost, thread_type, export_pixels=0, out_w=0, out_h=0):
-        calls.append(path)
+    def read(path, frame_ids, seek_frame, end_frame, export_pixels, out_w, out_h):
+        calls.append((path, seek_frame))
         costs = np.ones((12, 20))
         costs[:, 10:] = 50.0
         wanted, items = set(frame_ids), []
@@ -537,7 +539,7 @@ def fake_bitcost_reader(calls, numbering_offset: int = 0):
             frames = sorted(container.decode(video=0), key=lambda frame: frame.pts)
         for number, frame in enumerate(frames):
             frame_idx = number + numbering_offset
-            if frame_idx not in wanted:
+            if frame_idx not in wanted or not seek_frame <= frame_idx < end_frame:
                 continue
             item = {
                 "frame_idx": frame_idx,
@@ -549,7 +551,18 @@ def fake_bitcost_reader(calls, numbering_offset: int = 0):
             items.append(item)
         return items
 
-    return read
+    def read_video_fast_selected(path, frame_ids, export_bitcost, thread_type, export_pixels=0, out_w=0, out_h=0):
+        return read(path, frame_ids, 0, 1 << 30, export_pixels, out_w, out_h)
+
+    def read_video_fast_selected_segment(
+        path, frame_ids, seek_frame, end_frame, export_bitcost, thread_type, export_pixels=0, out_w=0, out_h=0
+    ):
+        return read(path, frame_ids, seek_frame, end_frame, export_pixels, out_w, out_h)
+
+    return SimpleNamespace(
+        read_video_fast_selected=read_video_fast_selected,
+        read_video_fast_selected_segment=read_video_fast_selected_segment,
+    )
 
 
 def test_auto_uses_the_released_bitcost_where_it_can_be_read(moving, tmp_path, monkeypatch):
@@ -561,7 +574,7 @@ def test_auto_uses_the_released_bitcost_where_it_can_be_read(moving, tmp_path, m
     monkeypatch.setattr(codec, "bitcost_reader", lambda: fake_bitcost_reader(calls))
     sample = sample_codec_video(str(path), SMALL, keep_candidates=True)  # score_source="auto" by default
     assert SMALL.score_source == "auto" and sample.report["score_source"] == "bitcost"
-    assert calls == [str(path)]
+    assert calls == [(str(path), 0)]  # candidates in every GOP: one read from the first frame
     collage_columns = [w for group in sample.selected for _, _, w in group]
     assert min(collage_columns) >= sample.canvases.shape[2] // 28 // 2  # the fake reader's busy right half
     # Bytes (the patched decoder opens files itself) and other codecs fall back to a stock-PyAV signal.
@@ -569,7 +582,7 @@ def test_auto_uses_the_released_bitcost_where_it_can_be_read(moving, tmp_path, m
     vp9 = tmp_path / "clip.webm"
     vp9.write_bytes(encode_video(num_frames=40, rate=10, codec="libvpx-vp9", container_format="webm"))
     assert sample_codec_video(str(vp9), SMALL).report["score_source"] == "framediff"
-    assert calls == [str(path)]
+    assert calls == [(str(path), 0)]
 
 
 def test_bitcost_reads_pixels_and_bits_in_one_pass(moving, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import sys
 import textwrap
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from synthetic_media import encode_moving_box
 
@@ -112,23 +113,51 @@ def fingerprint(sample):
     return sample.canvases.tobytes(), sample.positions.tobytes(), sample.groups, sample.candidate_ids
 
 
-def test_segments_in_child_processes_give_the_sequential_result(stand_in_reader, clip):
-    sequential = sample_codec_video(clip, replace(SMALL, decode_processes=1))
+def one_pass_from_the_start(clip, config, monkeypatch):
+    """The release's read: the reader in one call from the first frame to the last candidate (reached as the
+    sampler's fall-back, by making the read from keyframes report a problem)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(codec, "in_segments", lambda *args: (None, "forced for the test"))
+        return sample_codec_video(clip, replace(config, decode_processes=1))
+
+
+def test_segments_in_child_processes_give_the_sequential_result(stand_in_reader, clip, monkeypatch):
+    sequential = one_pass_from_the_start(clip, SMALL, monkeypatch)
     assert [call["call"] for call in stand_in_reader()] == ["whole"]
-    for processes in (2, 3):
+    for processes in (1, 2, 3):
         log_before = len(stand_in_reader())
         split = sample_codec_video(clip, replace(SMALL, decode_processes=processes))
         assert fingerprint(split) == fingerprint(sequential) and not split.report["warnings"]
         assert split.report["score_source"] == "bitcost"
         calls = stand_in_reader()[log_before:]
+        # candidates every 7-8 frames in 30-frame GOPs: each process decodes through its share in one run
         assert [call["call"] for call in calls] == ["segment"] * processes
         assert len({call["pid"] for call in calls}) == processes  # each segment in its own process
         assert {call["pid"] for call in calls if call["first"] == max(c["first"] for c in calls)} == {os.getpid()}
         assert sorted(call["first"] % 30 for call in calls) == [0] * processes  # every segment starts at a keyframe
 
 
+def test_the_reader_starts_again_at_keyframes_to_skip_frames_no_candidate_needs(
+    stand_in_reader, tmp_path, monkeypatch
+):
+    """Short GOPs (6 frames, as phone and screen-capture encoders use) and a candidate every 30 frames: the reader
+    restarts at the keyframe before each candidate instead of decoding the frames in between, with the one-pass
+    result."""
+    path = tmp_path / "short_gops.mp4"
+    path.write_bytes(encode_moving_box(num_frames=480, gop=6, width=160, height=96)[0])
+    config = replace(SMALL, target_canvas=4)  # 16 candidates
+    sequential = one_pass_from_the_start(str(path), config, monkeypatch)
+    log_before = len(stand_in_reader())
+    restarted = sample_codec_video(str(path), replace(config, decode_processes=1))
+    assert fingerprint(restarted) == fingerprint(sequential) and not restarted.report["warnings"]
+    calls = stand_in_reader()[log_before:]
+    assert len(calls) == len(restarted.candidate_ids) and all(call["first"] % 6 == 0 for call in calls)
+    assert [call["end"] - 1 for call in calls] == restarted.candidate_ids  # each run stops at its candidate
+    assert restarted.report["frames_decoded"] < sequential.report["frames_decoded"] / 4
+
+
 def test_a_failed_child_falls_back_to_one_sequential_read(stand_in_reader, clip, monkeypatch):
-    sequential = sample_codec_video(clip, replace(SMALL, decode_processes=1))
+    sequential = one_pass_from_the_start(clip, SMALL, monkeypatch)
     monkeypatch.setattr(segments.sys, "executable", "/bin/false")  # the child exits 1 without output
     split = sample_codec_video(clip, replace(SMALL, decode_processes=2))
     assert fingerprint(split) == fingerprint(sequential)
@@ -137,7 +166,7 @@ def test_a_failed_child_falls_back_to_one_sequential_read(stand_in_reader, clip,
 
 
 def test_a_segment_missing_a_frame_falls_back_to_one_sequential_read(stand_in_reader, clip, monkeypatch):
-    sequential = sample_codec_video(clip, replace(SMALL, decode_processes=1))
+    sequential = one_pass_from_the_start(clip, SMALL, monkeypatch)
     dropped = sequential.candidate_ids[-5]  # a candidate late in the clip: read by a segment that does not start at 0
     monkeypatch.setenv("STAND_IN_DROP_FRAME", str(dropped))
     split = sample_codec_video(clip, replace(SMALL, decode_processes=2))
@@ -148,22 +177,22 @@ def test_a_segment_missing_a_frame_falls_back_to_one_sequential_read(stand_in_re
 def test_children_keep_only_what_the_sampler_reads(stand_in_reader, clip):
     """A keyframe that rides along to check numbering comes back without its picture; of the bit-cost grids only the
     one in use comes back."""
-    runs = segments.plan_segments([0, 5, 30, 33, 60, 64, 89], [0, 30, 60], 3)
-    assert runs == [(0, [0, 5]), (30, [30, 33]), (60, [60, 64, 89])]
+    shares = segments.plan_segments([5, 33, 64, 89], [0, 30, 60], 3)
+    assert shares == [[(0, [5])], [(30, [33])], [(60, [64, 89])]]
     options = {"export_bitcost": 1, "thread_type": "slice", "export_pixels": 1, "out_w": 84, "out_h": 56}
     requests = [
         {
             "path": clip,
-            "frame_ids": ids,
-            "seek_frame": first,
+            "runs": [(first, codec.with_keyframes(ids, first, [0, 30, 60])) for first, ids in runs],
             "options": options,
-            "pixel_ids": sorted({5, 33, 64, 89} & set(ids)),
+            "pixel_ids": [i for _, ids in runs for i in ids],
             "bitcost_key": "mb_bit_cost",
         }
-        for first, ids in runs
+        for runs in shares
     ]
-    runs_items, problem = segments.run_segments(f"{codec.__name__}:read_released_run", requests, timeout=60)
-    items = [item for run in runs_items for item in run]
+    assert [request["runs"] for request in requests] == [[(0, [0, 5])], [(30, [30, 33])], [(60, [60, 64, 89])]]
+    results, problem = segments.run_segments(f"{codec.__name__}:read_released_run", requests, timeout=60)
+    items = [item for share in results for run in share for item in run]
     assert problem is None and [item["frame_idx"] for item in items] == [0, 5, 30, 33, 60, 64, 89]
     assert [("pixels" in item) for item in items] == [False, True] * 3 + [True]
     assert all(list(item["bitcost"]) == ["mb_bit_cost"] for item in items)
@@ -196,16 +225,33 @@ def test_segment_plans_start_at_keyframes_and_cover_every_frame_once():
     wanted = list(range(0, 1000, 7))
     keyframes = [0, 250, 500, 750]
     for count in (1, 2, 3, 4, 8):
-        runs = segments.plan_segments(wanted, keyframes, count)
-        assert [i for _, ids in runs for i in ids] == wanted
-        assert all(first in keyframes and ids[0] >= first for first, ids in runs)
-        assert len(runs) == min(count, len(keyframes))
-    assert [first for first, _ in segments.plan_segments(wanted, keyframes, 2)] == [0, 500]  # equal halves
-    # long spans: the run this process decodes (the last) is longer by a child's start-up, to the nearest keyframe
+        shares = segments.plan_segments(wanted, keyframes, count)
+        assert [i for runs in shares for _, ids in runs for i in ids] == wanted
+        assert all(first in keyframes and ids[0] >= first for runs in shares for first, ids in runs)
+        assert len(shares) == min(count, len(keyframes))
+        assert all(len(runs) == 1 for runs in shares)  # a frame every 7: never worth a restart
+    assert [runs[0][0] for runs in segments.plan_segments(wanted, keyframes, 2)] == [0, 500]  # equal halves
+    # long spans: the share this process decodes (the last) is larger by a child's start-up, to the nearest keyframe
     long_plan = segments.plan_segments(list(range(0, 18000, 70)), list(range(0, 18000, 250)), 2)
-    assert [first for first, _ in long_plan] == [0, 8750]
+    assert [runs[0][0] for runs in long_plan] == [0, 8750]
     # no keyframe after 0: one run whatever the count
-    assert segments.plan_segments(wanted, [0], 4) == [(0, wanted)]
+    assert segments.plan_segments(wanted, [0], 4) == [[(0, wanted)]]
+
+
+def test_runs_restart_at_a_keyframe_only_where_that_skips_more_than_a_restart_costs():
+    keyframes = list(range(0, 1000, 50))
+    cost = segments.RESTART_COST_FRAMES
+    # 10 -> 60: frames 11..49 skipped by a restart at keyframe 50; 60 -> 80: one GOP; 80 -> 101 + cost: frames
+    # 81..99 before keyframe 100 cost less than a restart, decoded through; 400: the GOPs 150..350 skipped
+    wanted = [10, 60, 80, 101 + cost, 400]
+    assert segments.plan_segments(wanted, keyframes, 1) == [[(0, [10]), (50, [60, 80, 101 + cost]), (400, [400])]]
+    decoded = (10 + 1) + (101 + cost - 50 + 1) + 1  # from each restart's keyframe to its run's last frame
+    assert segments.frames_to_decode(wanted, keyframes) == decoded + 3 * cost
+    # two processes: the work is cut at a keyframe inside the middle run, where the second process starts
+    assert segments.plan_segments(wanted, keyframes, 2) == [
+        [(0, [10]), (50, [60, 80])],
+        [(100, [101 + cost]), (400, [400])],
+    ]
 
 
 def test_segment_process_count(monkeypatch):
@@ -248,6 +294,44 @@ def test_the_released_reader_split_over_processes_gives_its_sequential_result(tm
     for processes in (2, 3):
         split = sample_codec_video(str(path), replace(SMALL, decode_processes=processes))
         assert fingerprint(split) == fingerprint(sequential) and not split.report["warnings"]
+
+
+def test_the_released_reader_restarted_at_keyframes_reads_what_one_pass_reads(tmp_path):
+    """With the real reader, on a clip with B-frames: runs restarted at keyframes return each candidate's picture and
+    bits as one pass from the start does. That pass leaves some B-frames without bits (which ones depends on the list
+    asked for); the runs leave none."""
+    reader = pytest.importorskip(
+        "codec_video_prep.cv_reader_fast", reason="codec-video-prep (optional) is not installed"
+    )
+    path = tmp_path / "b_frames.mp4"
+    path.write_bytes(encode_moving_box(num_frames=240, gop=30)[0])
+    keyframes = list(range(0, 240, 30))
+    candidates = [5, 38, 70, 100, 131, 177, 200, 208, 239]
+    options = {"export_bitcost": 1, "thread_type": "slice", "export_pixels": 1, "out_w": 84, "out_h": 56}
+    (runs,) = segments.plan_segments(candidates, keyframes, 1)
+    assert len(runs) > 1
+    request = {
+        "path": str(path),
+        "runs": [(first, codec.with_keyframes(ids, first, keyframes)) for first, ids in runs],
+        "options": options,
+        "pixel_ids": candidates,
+        "bitcost_key": "mb_bit_cost",
+    }
+    restarted = {item["frame_idx"]: item for run in codec.read_released_run(request) for item in run}
+    one_pass = {
+        item["frame_idx"]: item
+        for item in reader.read_video_fast_selected(str(path), sorted(set(candidates) | set(keyframes)), **options)
+    }
+    compared = 0
+    for frame in candidates:
+        np.testing.assert_array_equal(restarted[frame]["pixels"], one_pass[frame]["pixels"])
+        assert "mb_bit_cost" in restarted[frame]["bitcost"]
+        if "mb_bit_cost" in (one_pass[frame].get("bitcost") or {}):
+            np.testing.assert_array_equal(
+                restarted[frame]["bitcost"]["mb_bit_cost"], one_pass[frame]["bitcost"]["mb_bit_cost"]
+            )
+            compared += 1
+    assert compared >= len(candidates) // 2
 
 
 def test_segments_run_from_a_flat_remote_code_folder(tmp_path, clip):
