@@ -1014,37 +1014,25 @@ def released_reader_pass(
         "out_w": coded_canvas[1],
         "out_h": coded_canvas[0],
     }
-    processes = segment_processes(config.decode_processes, frames_to_decode(candidate_ids, keyframes))
-    requests = [
-        {
-            "path": os.fspath(source),
-            # The keyframes a run passes ride along: the reader numbers frames itself, and its I frames must land
-            # where our keyframes are for its pictures and bits to be the candidates'.
-            "runs": [(first, with_keyframes(ids, first, keyframes)) for first, ids in runs],
-            "options": options,
-            "pixel_ids": sorted({i for _, ids in runs for i in ids}),
-            "bitcost_key": key,
-        }
-        for runs in plan_segments(candidate_ids, keyframes, processes)
-    ]
-    items, problem = in_segments(f"{__name__}:read_released_run", requests, deadline, config, name)
     by_id, notes = None, []
-    if items is not None:
-        problem = next(filter(None, (left_out_frame(r, run) for r, run in zip(requests, items))), None)
-    if problem is None:
-        by_id = {int(item["frame_idx"]): item for share in items for run in share for item in run}
-        problem = misplaced_keyframes(by_id, keyframes, name)
-    frames_decoded = sum(ids[-1] - first + 1 for request in requests for first, ids in request["runs"])
-    if problem:
-        check_deadline(deadline, config, name, "reading bit-costs")
-        notes.append(f"the bit-cost read from keyframes fell back to one process reading from the start: {problem}")
+    numbers = reader_frame_numbers(index)
+    if numbers is not None:
+        by_id, frames_decoded, problem = read_from_keyframes(
+            source, candidate_ids, keyframes, numbers, options, key, config, name, deadline
+        )
+        if problem:
+            check_deadline(deadline, config, name, "reading bit-costs")
+            notes.append(
+                f"the bit-cost read from keyframes fell back to one process reading from the start: {problem}"
+            )
+    if by_id is None:
         last = max(candidate_ids)
         wanted = sorted(set(candidate_ids) | {k for k in keyframes if k <= last})
         try:
             items = bitcost_reader().read_video_fast_selected(os.fspath(source), wanted, **options)
         except (OSError, RuntimeError, ValueError) as error:
             raise ValueError(f"Bit-cost reading failed for {name}: {error}") from error
-        by_id = {int(item["frame_idx"]): item for item in items}
+        by_id = {int(item["frame_idx"]): item for item in items}  # this pass counts frames, as our index does
         frames_decoded = last + 1
         problem = misplaced_keyframes(by_id, keyframes, name)
         if problem:
@@ -1062,6 +1050,57 @@ def released_reader_pass(
             # the decoder's grid is in coded orientation; turned like the pictures, so each block scores its own pixels
             maps[frame_id] = upright(np.asarray(bitcost[key], dtype=np.float64), rotation)
     return frames, maps, frames_decoded, None, notes
+
+
+# Demuxers that seek by decoding timestamps. On these the released reader's read from a keyframe returned no frame at
+# all where B-frames delay presentation (the street clip remuxed to MPEG-TS), so it reads once from the first frame.
+DTS_SEEKING_FORMATS = {"mpegts", "mpeg"}
+
+
+def reader_frame_numbers(index) -> np.ndarray | None:
+    """The number the released reader gives each of our frames when it reads from a keyframe: the frame's presentation
+    time times the stream's average frame rate, rounded to the nearest (its read from the first frame counts frames
+    instead, as our index does). The two differ where timestamps do not start at 0 (fragmented MP4, cuts).
+    None where the reader is read from the first frame instead: where two frames would share a number (variable frame
+    rate), as a run's frames could not be told apart, and in MPEG-TS/PS files (`DTS_SEEKING_FORMATS`)."""
+    if DTS_SEEKING_FORMATS & set(index.container_format.split(",")):
+        return None
+    if not index.average_rate or len(index.pts) == 0:
+        return None
+    numbers = np.floor(index.pts.astype(np.float64) * float(index.time_base) * index.average_rate + 0.5)
+    return numbers.astype(np.int64) if np.all(np.diff(numbers) > 0) else None
+
+
+def read_from_keyframes(source, candidate_ids, keyframes, numbers, options, key, config, name: str, deadline: float):
+    """The released reader over runs from keyframes (`plan_segments`), shared among processes for a long video.
+    Requests carry the reader's frame numbers (`numbers`), results are keyed by ours. Returns (items by frame id,
+    frames decoded, None), or (None, 0, why) when the runs cannot be trusted."""
+    processes = segment_processes(config.decode_processes, frames_to_decode(candidate_ids, keyframes))
+    requests = [
+        {
+            "path": os.fspath(source),
+            # The keyframes a run passes ride along: the reader numbers frames itself, and its I frames must land
+            # where our keyframes are for its pictures and bits to be the candidates'.
+            "runs": [
+                (int(numbers[first]), numbers[with_keyframes(ids, first, keyframes)].tolist()) for first, ids in runs
+            ],
+            "options": options,
+            "pixel_ids": numbers[[i for _, ids in runs for i in ids]].tolist(),
+            "bitcost_key": key,
+        }
+        for runs in plan_segments(candidate_ids, keyframes, processes)
+    ]
+    items, problem = in_segments(f"{__name__}:read_released_run", requests, deadline, config, name)
+    if items is not None:
+        problem = next(filter(None, (left_out_frame(r, run) for r, run in zip(requests, items))), None)
+    if problem:
+        return None, 0, problem
+    ours = {int(number): frame for frame, number in enumerate(numbers)}
+    by_id = {ours[int(item["frame_idx"])]: item for share in items for run in share for item in run}
+    problem = misplaced_keyframes(by_id, keyframes, name)
+    if problem:
+        return None, 0, problem
+    return by_id, sum(ids[-1] - first + 1 for request in requests for first, ids in request["runs"]), None
 
 
 def with_keyframes(ids: list[int], first: int, keyframes: list[int]) -> list[int]:

@@ -89,6 +89,7 @@ class VideoStreamIndex:
         declared_duration: the container's own duration in seconds (None when it has none).
         reference: whether each frame (same order) may be a reference picture (H.264 `nal_ref_idc`; True where
             the codec does not say).
+        container_format: the demuxer's name (FFmpeg's, e.g. "mov,mp4,m4a,3gp,3g2,mj2" or "mpegts").
     """
 
     pts: np.ndarray
@@ -102,6 +103,7 @@ class VideoStreamIndex:
     declared_duration: float | None
     average_rate: float | None = None
     reference: np.ndarray | None = None
+    container_format: str = ""
 
     @property
     def num_frames(self) -> int:
@@ -242,6 +244,7 @@ def index_video_stream(container, name: str) -> VideoStreamIndex:
         codec=stream.codec_context.name,
         declared_duration=declared,
         average_rate=float(stream.average_rate) if stream.average_rate else None,
+        container_format=container.format.name,
     )
 
 

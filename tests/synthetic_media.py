@@ -13,6 +13,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import PIL.Image
+from av.bitstream import BitStreamFilterContext
 
 from llava_onevision2.training.synthetic_video import encode_frames
 
@@ -146,3 +147,21 @@ def encode_moving_box(
 
     data = encode_frames(frames(), rate=rate, codec=codec, container_format=container_format, keyframe_interval=gop)
     return data, corners
+
+
+def remux(data: bytes, container_format: str, options: dict | None = None, annexb: bool = False, skip: int = 0):
+    """The same packets in another container (no re-encoding); `skip` drops the first packets, as a cut does."""
+    source = av.open(io.BytesIO(data))
+    stream_in = source.streams.video[0]
+    buffer = io.BytesIO()
+    target = av.open(buffer, mode="w", format=container_format, options=options or {})
+    stream_out = target.add_stream_from_template(stream_in)
+    convert = BitStreamFilterContext("h264_mp4toannexb", stream_in, stream_out) if annexb else None
+    for number, packet in enumerate(source.demux(stream_in)):
+        if packet.dts is None or number < skip:
+            continue
+        for out in convert.filter(packet) if convert else [packet]:
+            out.stream = stream_out
+            target.mux(out)
+    target.close()
+    return buffer.getvalue()

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from synthetic_media import encode_moving_box
+from synthetic_media import encode_moving_box, encode_video, remux
 
 from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
 from llava_onevision2.processing import codec_segments_llava_onevision2 as segments
@@ -30,8 +30,10 @@ SMALL = CodecSamplingConfig(
 )  # score_source "auto": the released bit-cost wherever a reader (here mostly the stand-in) is importable
 
 STAND_IN = '''
-"""A stand-in for codec-video-prep's reader: PyAV decodes from the start; a segment returns only its own span."""
-import json, os
+"""A stand-in for codec-video-prep's reader: PyAV decodes from the start; a segment returns only its own span. As
+the real reader does, a read from the first frame counts frames and a segment numbers them by presentation time
+times the average frame rate."""
+import json, math, os
 import av
 import numpy as np
 
@@ -43,12 +45,14 @@ def log(entry):
         handle.write(json.dumps({**entry, "pid": os.getpid()}) + "\\n")
 
 
-def items_for(path, frame_ids, first, end, export_pixels, out_w, out_h):
+def items_for(path, frame_ids, first, end, export_pixels, out_w, out_h, by_time):
     wanted, items = set(frame_ids), []
     drop = int(os.environ.get("STAND_IN_DROP_FRAME", -1))
     with av.open(path) as container:
+        per_frame = container.streams.video[0].time_base * container.streams.video[0].average_rate
         frames = sorted(container.decode(video=0), key=lambda frame: frame.pts)
-    for number, frame in enumerate(frames):
+    for count, frame in enumerate(frames):
+        number = math.floor(frame.pts * per_frame + 0.5) if by_time else count
         if number not in wanted or not first <= number < end or (number == drop and first > 0):
             continue
         costs = np.full((12, 21), 1 + number % 7, dtype=np.int32)
@@ -67,13 +71,13 @@ def items_for(path, frame_ids, first, end, export_pixels, out_w, out_h):
 def read_video_fast_selected(path, frame_ids, thread_count=1, export_bitcost=0, thread_type="auto",
                              keyframe_pts=None, export_pixels=0, out_w=0, out_h=0):
     log({"call": "whole", "first": 0})
-    return items_for(path, frame_ids, 0, 1 << 30, export_pixels, out_w, out_h)
+    return items_for(path, frame_ids, 0, 1 << 30, export_pixels, out_w, out_h, by_time=False)
 
 
 def read_video_fast_selected_segment(path, frame_ids, seek_frame, end_frame, thread_count=1, export_bitcost=0,
                                      thread_type="auto", export_pixels=0, out_w=0, out_h=0):
     log({"call": "segment", "first": seek_frame, "end": end_frame})
-    return items_for(path, frame_ids, seek_frame, end_frame, export_pixels, out_w, out_h)
+    return items_for(path, frame_ids, seek_frame, end_frame, export_pixels, out_w, out_h, by_time=True)
 '''
 
 
@@ -154,6 +158,48 @@ def test_the_reader_starts_again_at_keyframes_to_skip_frames_no_candidate_needs(
     assert len(calls) == len(restarted.candidate_ids) and all(call["first"] % 6 == 0 for call in calls)
     assert [call["end"] - 1 for call in calls] == restarted.candidate_ids  # each run stops at its candidate
     assert restarted.report["frames_decoded"] < sequential.report["frames_decoded"] / 4
+
+
+def test_runs_read_video_whose_timestamps_do_not_start_at_zero(stand_in_reader, clip, tmp_path):
+    """Remuxed to fragmented MP4 (no edit list), the clip's first frame is stamped two frames in (its B-frame delay),
+    so a read from a keyframe numbers every frame two higher than our index does: requests and results are
+    translated. MPEG-TS, stamped the same way, is read once from the first frame (the real reader's keyframe seeks
+    there return nothing)."""
+    with open(clip, "rb") as handle:
+        data = handle.read()
+    mp4 = sample_codec_video(clip, replace(SMALL, decode_processes=1))
+    fragmented = tmp_path / "fragmented.mp4"
+    fragmented.write_bytes(remux(data, "mp4", {"movflags": "frag_keyframe+empty_moov+default_base_moof"}))
+    index = codec.index_video_stream(codec.open_video(str(fragmented)), str(fragmented))
+    assert list(codec.reader_frame_numbers(index)[:3]) == [2, 3, 4]
+    for processes in (1, 2):
+        log_before = len(stand_in_reader())
+        split = sample_codec_video(str(fragmented), replace(SMALL, decode_processes=processes))
+        assert fingerprint(split) == fingerprint(mp4) and not split.report["warnings"]
+        assert [call["call"] for call in stand_in_reader()[log_before:]] == ["segment"] * processes
+    ts = tmp_path / "clip.ts"
+    ts.write_bytes(remux(data, "mpegts"))
+    log_before = len(stand_in_reader())
+    from_start = sample_codec_video(str(ts), replace(SMALL, decode_processes=2))
+    assert fingerprint(from_start) == fingerprint(mp4) and not from_start.report["warnings"]
+    assert [call["call"] for call in stand_in_reader()[log_before:]] == ["whole"]
+
+
+def test_variable_frame_rate_is_read_once_from_the_first_frame(stand_in_reader, tmp_path):
+    """Frames closer together than the average frame interval would share a number in a read from a keyframe, so
+    the reader reads once from the first frame, numbering frames by count as our index does."""
+    pts_ms = (
+        [round(i * 1000 / 30) for i in range(60)]
+        + [2000 + 10 * i for i in range(40)]
+        + [2400 + 33 * i for i in range(60)]
+    )
+    path = tmp_path / "vfr.mp4"
+    path.write_bytes(encode_video(num_frames=len(pts_ms), pts_ms=pts_ms, width=160, height=96))
+    index = codec.index_video_stream(codec.open_video(str(path)), str(path))
+    assert codec.reader_frame_numbers(index) is None
+    sample = sample_codec_video(str(path), replace(SMALL, decode_processes=1))
+    assert sample.report["score_source"] == "bitcost" and not sample.report["warnings"]
+    assert [call["call"] for call in stand_in_reader()] == ["whole"]
 
 
 def test_a_failed_child_falls_back_to_one_sequential_read(stand_in_reader, clip, monkeypatch):

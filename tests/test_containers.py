@@ -12,8 +12,7 @@ import os
 import av
 import numpy as np
 import pytest
-from av.bitstream import BitStreamFilterContext
-from synthetic_media import encode_video
+from synthetic_media import encode_video, remux
 
 from llava_onevision2.processing.codec_sampling_llava_onevision2 import CodecSamplingConfig, sample_codec_video
 from llava_onevision2.processing.video_decoding_llava_onevision2 import index_video_stream, read_video
@@ -40,24 +39,6 @@ STREAMS = {"encoded here": None, "bikes.mp4": "bikes.mp4", "carphone.mp4": "carp
 @pytest.fixture(scope="module", params=list(STREAMS))
 def stream(request, h264) -> bytes:
     return h264 if STREAMS[request.param] is None else real_clip(STREAMS[request.param])
-
-
-def remux(data: bytes, container_format: str, options: dict | None = None, annexb: bool = False, skip: int = 0):
-    """The same packets in another container (no re-encoding); `skip` drops the first packets, as a cut does."""
-    source = av.open(io.BytesIO(data))
-    stream_in = source.streams.video[0]
-    buffer = io.BytesIO()
-    target = av.open(buffer, mode="w", format=container_format, options=options or {})
-    stream_out = target.add_stream_from_template(stream_in)
-    convert = BitStreamFilterContext("h264_mp4toannexb", stream_in, stream_out) if annexb else None
-    for number, packet in enumerate(source.demux(stream_in)):
-        if packet.dts is None or number < skip:
-            continue
-        for out in convert.filter(packet) if convert else [packet]:
-            out.stream = stream_out
-            target.mux(out)
-    target.close()
-    return buffer.getvalue()
 
 
 def sequential_frames(data: bytes) -> list[np.ndarray]:
