@@ -85,8 +85,9 @@ class VideoStreamIndex:
         packet_bytes: compressed size of each frame's picture (same order): its slice NAL units for H.264/HEVC
             (so container framing does not count), else its packet size.
         time_base: seconds per pts unit.
-        width, height: coded frame size. rotation: degrees counter-clockwise to display upright.
+        width, height: coded frame size (rotation lives on the decoded frames). codec: the decoder's name.
         declared_duration: the container's own duration in seconds (None when it has none).
+        average_rate: the stream's average frame rate in frames per second (None when it declares none).
         reference: whether each frame (same order) may be a reference picture (H.264 `nal_ref_idc`; True where
             the codec does not say).
         container_format: the demuxer's name (FFmpeg's, e.g. "mov,mp4,m4a,3gp,3g2,mj2" or "mpegts").
