@@ -37,9 +37,10 @@ Decoding is one pass over the needed frames (candidates and their predecessors, 
 seeking by GOP when that skips work; only candidate frames are converted to RGB, at canvas size. With the released
 bit-cost, the released reader returns both the bits and the canvas-size pictures, in runs that start again at a later
 keyframe wherever that skips frames no candidate needs. A long video file is decoded in keyframe-aligned segments by
-several processes, with the same result (`decode_processes`, `codec_segments_llava_onevision2`). Results are cached on disk under `cache_root` (the released default location
-unless set; `None` turns it off) with a key made of the file's content hash and every setting. PyAV is loaded on
-first use, so importing this module costs nothing for image-only users.
+several processes, with the same result (`decode_processes`, `codec_segments_llava_onevision2`). Results are cached
+on disk under `cache_root` (the released default location unless set; `None` turns it off) with a key made of the
+file's content hash and every setting. PyAV is loaded on first use, so importing this module costs nothing for
+image-only users.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Decoding long videos in keyframe-aligned segments, one process per segment.
+"""Decoding in keyframe-aligned runs, shared among processes for long videos.
 
 A run of decoding that starts at one of the stream's keyframes needs nothing decoded before it. So the frames a
 sampler wants are read as runs, each from the keyframe before its first frame: a new run starts wherever that skips
@@ -6,17 +6,18 @@ more frames than a restart costs (GOPs without wanted frames, and GOP tails afte
 keyframe every second or two leaves most frames undecoded. With long GOPs (x264's default is 250 frames) a long
 video's runs still cover nearly every frame up to the last wanted one, on one core: the released bit-cost reader
 (codec-video-prep's patched FFmpeg) holds the GIL while it decodes, and PyAV's decoder works through one stream in
-order. So the runs are shared out among processes that decode at once (`plan_segments`). Each runs in a Python child process started with
-`subprocess` (this file run as a script: no `multiprocessing` start method that re-imports the caller's `__main__`
-or forks a process that holds threads), the last one in the calling process; requests and results travel as
-temporary pickle files. Callers check what comes back and fall back to a single pass when anything is unexpected.
-This file imports nothing else of the package.
+order. So the runs are shared out among processes that decode at once (`plan_segments`): the last share in the
+calling process, each other one in a Python child started with `subprocess` (this file run as a script: no
+`multiprocessing` start method that re-imports the caller's `__main__` or forks a process that holds threads);
+requests and results travel as temporary pickle files. Callers check what comes back and fall back to a single pass
+when anything is unexpected. This file imports nothing else of the package.
 """
 
 from __future__ import annotations
 
 import bisect
 import importlib
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -120,11 +121,10 @@ def plan_segments(wanted: list[int], keyframes: list[int], count: int) -> list[l
     pieces = gop_pieces(wanted, keyframes)
     work = [frames for _, frames, _ in pieces]
     total = sum(work)
-    head_start = min(
-        CHILD_START_FRAMES, total // (4 * count)
-    )  # small amounts (only when asked for) split about evenly
+    # small amounts of work (split only when asked for) are shared about evenly
+    head_start = min(CHILD_START_FRAMES, total // (4 * count))
     share = max(1, (total - head_start) // count)
-    done_before = [sum(work[:index]) for index in range(len(pieces))]
+    done_before = [0, *itertools.accumulate(work)]
     cuts = {0}
     for part in range(1, count):
         if len(pieces) > 1:
