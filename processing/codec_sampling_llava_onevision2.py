@@ -997,7 +997,9 @@ def released_reader_pass(
     wherever that skips frames no candidate needs (GOPs without candidates, GOP tails after the last one), and a long
     video's runs are shared among several processes (`codec_segments_llava_onevision2`). Bits and pictures are those of
     one pass from the start; that pass can also leave a B-frame candidate without bits (which ones depends on the list
-    of frames asked for), the shorter runs here did not. Returns (frames, bit maps, frames decoded, problem, notes):
+    of frames asked for), the shorter runs here did not. Where the reader's numbering of a read from a keyframe cannot
+    be matched to our frames (`reader_frame_numbers`: MPEG-TS/PS, variable frame rate), it reads once from the first
+    frame, as the release does. Returns (frames, bit maps, frames decoded, problem, notes):
     `problem` says why the pass cannot be trusted (its frame numbering disagrees with our index), else None; `notes`
     report runs that fell back to one pass from the start."""
     if not isinstance(source, (str, os.PathLike)):
