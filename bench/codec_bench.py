@@ -155,8 +155,10 @@ def run_uniform(path: str, num_frames: int, canvas_hw: list[int]) -> dict:
     }
 
 
-def run_cv_preinfer(path: str, binary: str) -> dict:
-    """The released tool with the checkpoint's flags; run from a child so its peak RSS is its own."""
+def run_cv_preinfer(path: str, binary: str, segments: int = 0) -> dict:
+    """The released tool with the checkpoint's flags; run from a child so its peak RSS is its own. `segments` > 1
+    adds the tool's own parallel decoding (`--parallel_segments`, worker processes from its keyframe seeks, one
+    FFmpeg thread each, as ours use), which the checkpoint's flags leave off."""
     with tempfile.TemporaryDirectory() as output:
         command = [
             binary,
@@ -186,6 +188,8 @@ def run_cv_preinfer(path: str, binary: str) -> dict:
             "--canvas_format",
             "jpg",
         ]
+        if segments > 1:
+            command += ["--parallel_segments", str(segments), "--threads_per_segment", "1"]
         start = time.perf_counter()
         completed = subprocess.run(command, capture_output=True, text=True)
         seconds = time.perf_counter() - start
@@ -309,7 +313,8 @@ def child(method: str, path: str, extra: str) -> None:
     if method == "codec":
         result = run_codec(path, extra or "auto")
     elif method == "cv-preinfer":
-        result = run_cv_preinfer(path, extra)
+        binary, _, segments = extra.partition("|")
+        result = run_cv_preinfer(path, binary, int(segments or 0))
     else:
         frames, height, width = (int(v) for v in extra.split(","))
         result = run_uniform(path, frames, [height, width])
@@ -339,14 +344,18 @@ def median_run(runs: list[dict], key: str) -> dict:
     return middle
 
 
-def measure(path: str, binary: str | None, score_source: str = "auto", repeats: int = 1) -> dict:
+def measure(
+    path: str, binary: str | None, score_source: str = "auto", repeats: int = 1, released_segments: int = 0
+) -> dict:
     """Our sampler and the released tool, each in fresh processes, alternating `repeats` times (timings on a shared
     machine drift: alternation spreads the drift over both, and each is reported at its median)."""
-    codec_runs, released_runs = [], []
+    codec_runs, released_runs, parallel_runs = [], [], []
     for _ in range(repeats):
         codec_runs.append(in_child("codec", path, score_source))
         if binary:
             released_runs.append(in_child("cv-preinfer", path, binary))
+        if binary and released_segments > 1:
+            parallel_runs.append(in_child("cv-preinfer", path, f"{binary}|{released_segments}"))
     codec = median_run(codec_runs, "process_seconds")
     uniform_frames = max(1, codec["tokens"] // codec["tokens_per_canvas"])
     uniform = in_child("uniform", path, f"{uniform_frames},{codec['canvas_hw'][0]},{codec['canvas_hw'][1]}")
@@ -366,6 +375,11 @@ def measure(path: str, binary: str | None, score_source: str = "auto", repeats: 
     }
     if released.get("returncode") == 0:
         report["wall_ratio_vs_cv_preinfer"] = round(codec["process_seconds"] / released["seconds"], 2)
+    if parallel_runs:
+        parallel = median_run(parallel_runs, "seconds")
+        report[f"cv_preinfer_parallel_segments_{released_segments}"] = parallel
+        if parallel.get("returncode") == 0:
+            report["wall_ratio_vs_cv_preinfer_parallel"] = round(codec["process_seconds"] / parallel["seconds"], 2)
     return report
 
 
@@ -448,6 +462,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--cv-preinfer", default=shutil.which("cv-preinfer"), help="path of the released tool")
     parser.add_argument(
+        "--released-segments",
+        type=int,
+        default=0,
+        help="also time cv-preinfer with its own --parallel_segments N (off in the checkpoint's flags)",
+    )
+    parser.add_argument(
         "--ffprobe-standin",
         action="store_true",
         help="put bench/ffprobe_standin.py on PATH as ffprobe for cv-preinfer (else FFmpeg's own: on PATH, or from "
@@ -475,7 +495,7 @@ def main(argv=None) -> int:
     if args.real:
         report = {
             label: {
-                **measure(path, args.cv_preinfer, args.score_source, args.repeats),
+                **measure(path, args.cv_preinfer, args.score_source, args.repeats, args.released_segments),
                 **agreement(path, args.reencode),
             }
             for label, path in real_clip_paths().items()
@@ -496,7 +516,7 @@ def main(argv=None) -> int:
         path = str(CACHE / f"test_{args.minutes:g}min_720p_30fps{gop}.mp4")
         if not Path(path).exists():
             encode_test_video(Path(path), args.minutes, 1280, 720, 30, args.keyframe_interval)
-    report = measure(path, args.cv_preinfer, args.score_source, args.repeats)
+    report = measure(path, args.cv_preinfer, args.score_source, args.repeats, args.released_segments)
     if args.path is not None:
         report.update(agreement(path, args.reencode))
     else:
