@@ -36,7 +36,9 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
 Decoding is one pass over the needed frames (candidates and their predecessors, or their reference pictures),
 seeking by GOP when that skips work; only candidate frames are converted to RGB, at canvas size. With the released
 bit-cost, the released reader returns both the bits and the canvas-size pictures, in runs that start again at a later
-keyframe wherever that skips frames no candidate needs. A long video file is decoded in keyframe-aligned segments by
+keyframe wherever that skips frames no candidate needs; for a plain MP4/MOV file the index and picture geometry it
+needs come from the file's sample tables (`mp4_index_llava_onevision2`), so that path does not import PyAV at all
+unless it falls back (`SampledVideo`). A long video file is decoded in keyframe-aligned segments by
 several processes, with the same result (`decode_processes`, `codec_segments_llava_onevision2`). Results are cached
 on disk under `cache_root` (the released default location unless set; `None` turns it off) with a key made of the
 file's content hash and every setting. PyAV is loaded on first use, so importing this module costs nothing for
@@ -67,6 +69,7 @@ from .codec_residual_llava_onevision2 import (
     reference_candidates,
 )
 from .codec_segments_llava_onevision2 import frames_to_decode, plan_segments, run_segments, segment_processes
+from .mp4_index_llava_onevision2 import read_mp4_video
 from .resize_rule_llava_onevision2 import smart_resize
 from .video_decoding_llava_onevision2 import (
     DecodeStats,
@@ -913,11 +916,15 @@ def motion_vectors(frame):
 
 def frame_geometry(frame, config: CodecSamplingConfig):
     """(rotation, canvas size upright, canvas size as coded, framediff's `ScoringScale`) from the first frame."""
-    rotation = frame.rotation or 0
-    display_h, display_w = (frame.width, frame.height) if rotation % 180 else (frame.height, frame.width)
+    return geometry_of(frame.rotation or 0, frame.width, frame.height, config)
+
+
+def geometry_of(rotation: float, width: int, height: int, config: CodecSamplingConfig):
+    """`frame_geometry` from a coded picture size and the rotation that turns it upright."""
+    display_h, display_w = (width, height) if rotation % 180 else (height, width)
     canvas_hw = canvas_size(display_h, display_w, config.patch * config.merge, config.max_pixels)
     coded_canvas = canvas_hw if not rotation % 180 else canvas_hw[::-1]
-    return rotation, canvas_hw, coded_canvas, ScoringScale.for_frame(frame.width, frame.height)
+    return rotation, canvas_hw, coded_canvas, ScoringScale.for_frame(width, height)
 
 
 PLANAR_YUV = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12"}
@@ -1040,6 +1047,9 @@ def released_reader_pass(
         problem = misplaced_keyframes(by_id, keyframes, name)
         if problem:
             return {}, {}, 0, problem, notes
+    problem = misread_size(by_id, index, name)
+    if problem:
+        return {}, {}, 0, problem, notes
     candidates = set(candidate_ids)
     frames, maps = {}, {}
     for frame_id, item in by_id.items():
@@ -1111,6 +1121,18 @@ def with_keyframes(ids: list[int], first: int, keyframes: list[int]) -> list[int
     return sorted(set(ids) | {k for k in keyframes if first <= k <= ids[-1]})
 
 
+def misread_size(by_id: dict, index, name: str) -> str | None:
+    """Why the reader's pictures cannot be the index's frames (their decoded size differs), or None."""
+    sizes = {(item["width"], item["height"]) for item in by_id.values() if "width" in item and "height" in item}
+    if sizes <= {(index.width, index.height)}:
+        return None
+    width, height = sorted(sizes - {(index.width, index.height)})[0]
+    return (
+        f"{name}: the released bit-cost reader decodes {width}x{height} pictures where the stream index has "
+        f"{index.width}x{index.height}"
+    )
+
+
 def misplaced_keyframes(by_id: dict, keyframes: list[int], name: str) -> str | None:
     """Why the reader's frame numbering disagrees with the stream index (one of our keyframes is not its I frame), or
     None when it agrees."""
@@ -1173,6 +1195,58 @@ def first_frame_geometry(container, index, config: CodecSamplingConfig, name: st
     """Canvas geometry from the stream's first frame (one decoded frame: rotation lives on frames)."""
     _, frame = next(iter_frames(container, index, [0], name))
     return frame_geometry(frame, config)
+
+
+class SampledVideo:
+    """One video as the sampler reads it: PyAV's container, opened on first use. Where the released reader will
+    score a plain MP4/MOV file, its index and geometry come from the file's sample tables (`read_mp4_video`), so a
+    fresh process neither imports PyAV nor demuxes every packet; PyAV takes over wherever it is needed (the stock
+    signals, a fallback, candidates the reader left without pictures)."""
+
+    def __init__(self, source, name: str, sample_tables: bool):
+        self.source, self.name = source, name
+        self.tables = read_mp4_video(source) if sample_tables else None
+        self._container, self._index = None, None
+
+    @property
+    def container(self):
+        if self._container is None:
+            self._container = open_video(self.source)
+        return self._container
+
+    @property
+    def codec(self) -> str:
+        return self.tables.index.codec if self.tables else self.container.streams.video[0].codec_context.name
+
+    def index(self):
+        """The sample tables' index where read, else PyAV's."""
+        return self.tables.index if self.tables else self.demuxed_index()
+
+    def demuxed_index(self):
+        """PyAV's index (packet sizes from the slices, reference flags), which the stock signals and seeks use."""
+        if self._index is None:
+            self._index = index_video_stream(self.container, self.name)
+        return self._index
+
+    def decoder_facts(self) -> tuple[str | None, int]:
+        """(pixel format, pixels per frame) of the stream's decoder."""
+        decoder = self.container.streams.video[0].codec_context
+        return decoder.pix_fmt, decoder.width * decoder.height
+
+    def geometry(self, config: CodecSamplingConfig):
+        if self.tables:
+            index = self.tables.index
+            return geometry_of(self.tables.rotation, index.width, index.height, config)
+        return first_frame_geometry(self.container, self.demuxed_index(), config, self.name)
+
+    def reopen(self) -> None:
+        """A fresh container (the residual's decoder options apply to a decoder not yet opened)."""
+        self.close()
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
 
 
 # -- entry point ----------------------------------------------------------------------------------------------------
@@ -1284,20 +1358,34 @@ def sample_codec_video(
 ) -> CodecSample:
     """Run the codec-aligned selection on one video (a path, bytes or a binary file object)."""
     config = config or CodecSamplingConfig()
+    sample_tables = config.score_source in ("auto", "bitcost") and bitcost_reader() is not None
+    try:
+        return sample_video(source, config, keep_candidates, sample_tables=sample_tables)
+    except SampleTablesDisagree:
+        return sample_video(source, config, keep_candidates, sample_tables=False)
+
+
+class SampleTablesDisagree(Exception):
+    """The released reader's pictures or numbering disagree with an index read from the sample tables: the sample
+    is taken again with PyAV's index and first frame, as it would be without the tables."""
+
+
+def sample_video(source, config: CodecSamplingConfig, keep_candidates: bool, sample_tables: bool) -> CodecSample:
     requested = config.score_source
     name = describe_source(source)
-    container = open_video(source)  # once: the codec in its header also decides the signal (and the cache key)
+    video = SampledVideo(source, name, sample_tables and isinstance(source, (str, os.PathLike)))
     try:
-        config = resolve_score_source(config, source, container.streams.video[0].codec_context.name)
+        # the codec in the header decides the signal (and the cache key)
+        config = resolve_score_source(config, source, video.codec)
         deadline = time.monotonic() + config.timeout
         path = None if keep_candidates else cache_path(source, config)
         if path is not None and (cached := load_cached(path)) is not None:
             return cached
-        index = index_video_stream(container, name)
+        index = video.index() if config.score_source == "bitcost" else video.demuxed_index()
         check_complete(index, name, config.allow_truncated)
-        decoder = container.streams.video[0].codec_context
-        pixel_format, pixels = decoder.pix_fmt, decoder.width * decoder.height
-        config = stock_score_source(config, index.codec, pixel_format, name, pixels)
+        if config.score_source != "bitcost":
+            pixel_format, pixels = video.decoder_facts()
+            config = stock_score_source(config, index.codec, pixel_format, name, pixels)
         candidate_ids = uniform_candidate_ids(index.timestamps, config.num_candidates)
         warnings = []
         if config.avoid_keyframes:
@@ -1308,24 +1396,27 @@ def sample_codec_video(
         frames, cell_maps, canvas_hw, stats = {}, {}, None, DecodeStats()
         if config.score_source == "bitcost":
             check_deadline(deadline, config, name, "before reading bit-costs")
-            geometry = first_frame_geometry(container, index, config, name)
+            geometry = video.geometry(config)
             frames, cell_maps, stats.frames_decoded, problem, notes = released_reader_pass(
                 source, index, candidate_ids, config, geometry, name, deadline
             )
+            if problem and video.tables:
+                raise SampleTablesDisagree(problem)
             warnings.extend(notes)
             canvas_hw = geometry[1]
             if problem and requested == "bitcost":
                 raise ValueError(f"{problem}; score_source='auto' would fall back to a stock signal.")
             if problem:
+                pixel_format, pixels = video.decoder_facts()
                 config = stock_score_source(
                     replace(config, score_source="auto"), index.codec, pixel_format, name, pixels
                 )
                 warnings.append(f"{problem}; scored with {config.score_source} instead")
-                if config.score_source == "residual":  # its decoder options apply to a decoder not yet opened
-                    container.close()
-                    container = open_video(source)
+                if config.score_source == "residual":
+                    video.reopen()
         undecoded = [i for i in candidate_ids if i not in frames]
         if undecoded:
+            index = video.demuxed_index()  # seeks and the stock signals need PyAV's packets
             progress = None
             show = config.progress if config.progress is not None else index.duration > 300
             if show:
@@ -1337,7 +1428,7 @@ def sample_codec_video(
                 if problem:
                     warnings.append(f"decoding in segments fell back to one process: {problem}")
                 decoded, decoded_maps, canvas_hw, decode_stats = split or decode_candidates(
-                    container, index, undecoded, config, name, progress, deadline
+                    video.container, index, undecoded, config, name, progress, deadline
                 )
             finally:
                 if progress is not None:
@@ -1349,7 +1440,7 @@ def sample_codec_video(
             stats.frames_decoded += decode_stats.frames_decoded
             stats.seeks += decode_stats.seeks
     finally:
-        container.close()
+        video.close()
     missing = [i for i in candidate_ids if i not in cell_maps]
     if config.score_source == "bitcost" and missing:
         # Never borrow another frame's scores: these frames can anchor a group but offer no collage blocks.

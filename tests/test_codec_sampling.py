@@ -544,6 +544,8 @@ def fake_bitcost_reader(calls, numbering_offset: int = 0):
             item = {
                 "frame_idx": frame_idx,
                 "pict_type": PICTURE_TYPES.get(int(frame.pict_type), "?"),
+                "width": frame.width,  # the decoded (coded) picture size, as the real reader reports it
+                "height": frame.height,
                 "bitcost": {"mb_bit_cost": costs},
             }
             if export_pixels:

@@ -60,6 +60,8 @@ def items_for(path, frame_ids, first, end, export_pixels, out_w, out_h, by_time)
         item = {
             "frame_idx": number,
             "pict_type": TYPES.get(int(frame.pict_type), "?"),
+            "width": frame.width,
+            "height": frame.height,
             "bitcost": {"mb_bit_cost": costs, "sub_mb_bit_cost": np.zeros((48, 80), np.float32)},
         }
         if export_pixels:
