@@ -48,6 +48,13 @@ def with_audio_track(video: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def without_edit_list(video: bytes) -> bytes:
+    """The same file with its edit list box renamed to a free box, so B-frame times start where `ctts` puts them."""
+    moov = video.rindex(b"moov")
+    edts = video.index(b"edts", moov)
+    return video[:edts] + b"free" + video[edts + 4 :]
+
+
 READABLE = {
     "H.264 with B-frames, MP4": lambda h264: h264,
     "H.264, MOV": lambda h264: remux(h264, "mov"),
@@ -58,6 +65,7 @@ READABLE = {
     "rotated half a turn": lambda h264: rotate_mp4(h264, 180),
     "rotated a quarter anticlockwise": lambda h264: rotate_mp4(h264, 270),
     "after a longer audio track": with_audio_track,
+    "B-frames without an edit list": without_edit_list,
     "street scene (bikes.mp4)": lambda h264: real_clip("bikes.mp4"),
     "handheld (carphone_pristine.mp4)": lambda h264: real_clip("carphone_pristine.mp4"),
     "animation (bigbuckbunny.mp4)": lambda h264: real_clip("bigbuckbunny.mp4"),
