@@ -56,8 +56,10 @@ def read_mp4_video(path: str | os.PathLike) -> Mp4Video | None:
 
 
 def top_level_moov(handle) -> bytes:
-    """The `moov` box's payload; fragmented files (`moof`) are left to PyAV."""
+    """The `moov` box's payload; fragmented files (`moof`) are left to PyAV, and so are files cut short (a box runs
+    past the end: the tables would promise frames whose data is missing, which PyAV's index does not list)."""
     moov = None
+    file_size = os.fstat(handle.fileno()).st_size
     while True:
         header = handle.read(8)
         if len(header) < 8:
@@ -68,9 +70,11 @@ def top_level_moov(handle) -> bytes:
             size = struct.unpack(">Q", handle.read(8))[0]
             header_size = 16
         elif size == 0:  # runs to the end of the file
-            size = os.fstat(handle.fileno()).st_size - handle.tell() + header_size
+            size = file_size - handle.tell() + header_size
         if size < header_size:
             raise Unsupported("malformed box")
+        if handle.tell() - header_size + size > file_size:
+            raise Unsupported("truncated file")
         if kind == b"moof":
             raise Unsupported("fragmented")
         if kind == b"moov":

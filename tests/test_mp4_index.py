@@ -128,6 +128,30 @@ UNREADABLE = {
 }
 
 
+def test_a_file_cut_short_after_its_tables_is_left_to_pyav(h264, tmp_path, monkeypatch):
+    """With the tables first (`faststart`, as phones and web video write them), a cut-off download keeps its tables;
+    they would promise frames whose data is gone. PyAV's index lists only what is there (and the sampler then says
+    the file looks truncated)."""
+    whole = tmp_path / "faststart.mp4"
+    with av.open(io.BytesIO(h264)) as source, av.open(str(whole), "w", options={"movflags": "faststart"}) as target:
+        stream_out = target.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream_out
+                target.mux(packet)
+    data = whole.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat")
+    assert read_mp4_video(whole) is not None
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    assert read_mp4_video(cut) is None
+    from test_codec_sampling import fake_bitcost_reader
+
+    monkeypatch.setattr(codec, "bitcost_reader", lambda: fake_bitcost_reader([]))
+    with pytest.raises(ValueError, match="cut.mp4 looks truncated"):
+        sample_codec_video(str(cut), SMALL)
+
+
 @pytest.mark.parametrize("name", list(UNREADABLE))
 def test_other_layouts_are_left_to_pyav(name, h264, tmp_path):
     path = tmp_path / "video.mp4"
