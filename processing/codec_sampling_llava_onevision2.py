@@ -1332,7 +1332,7 @@ def with_signal(config: CodecSamplingConfig, signal: str) -> CodecSamplingConfig
 
 
 # "auto" rebuilds predictions (`residual`) up to this many pixels per frame: its numpy work grows with the pixels, to
-# 17 s and 1.4 GB for 10 s of 4K on two cores (framediff: 4.2 s, 0.65 GB; the released tool: 4.7 s, 0.8 GB).
+# 17.4 s and 1.3 GB for 10 s of 4K on two cores (framediff: 3.8 s, 0.4 GB; the released tool: 5.2-5.4 s, 0.8 GB).
 RESIDUAL_AUTO_MAX_PIXELS = 1920 * 1088
 
 
