@@ -27,7 +27,6 @@ from .video_decoding_llava_onevision2 import VideoStreamIndex, decodable_from_fi
 
 MOV_DEMUXER = "mov,mp4,m4a,3gp,3g2,mj2"  # FFmpeg's name for the demuxer, as PyAV reports it
 SAMPLE_ENTRY_CODECS = {b"avc1": "h264", b"avc3": "h264", b"hvc1": "hevc", b"hev1": "hevc"}
-CONTAINER_BOXES = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts"}
 MOOV_MAX_BYTES = 256 << 20  # a sample table this large is not a short read; PyAV indexes it instead
 
 
@@ -170,7 +169,7 @@ def read_track(moov: bytes, trak: dict, mdia: dict, movie_timescale: int, declar
     count = len(sizes)
     if len(durations) != count or count == 0:
         raise Unsupported("sample counts disagree")
-    offsets = run_lengths(moov, *stbl[b"ctts"][0], signed=True) if b"ctts" in stbl else np.zeros(count, np.int64)
+    offsets = run_lengths(moov, *only(stbl, b"ctts"), signed=True) if b"ctts" in stbl else np.zeros(count, np.int64)
     if len(offsets) != count:
         raise Unsupported("ctts count disagrees")
     keyframe = np.ones(count, dtype=bool)
@@ -178,7 +177,7 @@ def read_track(moov: bytes, trak: dict, mdia: dict, movie_timescale: int, declar
         keyframe[:] = False
         keyframe[sync_samples(moov, *only(stbl, b"stss"), count)] = True
     decode_times = np.concatenate([[0], np.cumsum(durations[:-1])]).astype(np.int64)
-    shift = edit_shift(moov, trak, decode_times + offsets, durations, timescale, movie_timescale)
+    shift = edit_shift(moov, trak, decode_times + offsets, timescale, movie_timescale)
     pts, dts = decode_times + offsets - shift, decode_times - shift
     order = np.argsort(pts, kind="stable")
     order = order[decodable_from_first_keyframe(pts[order], keyframe[order])]
@@ -216,12 +215,12 @@ def sample_entry(data: bytes, begin: int, end: int) -> tuple[str, int, int]:
 
 
 def run_lengths(data: bytes, begin: int, end: int, signed: bool) -> np.ndarray:
-    """Per-sample values of an `stts` or `ctts` table of (count, value) runs."""
-    version, at = full_box(data, begin)
+    """Per-sample values of an `stts` or `ctts` table of (count, value) runs (`signed`: read as FFmpeg reads
+    composition offsets, as signed 32-bit whatever the box version says)."""
+    _, at = full_box(data, begin)
     (entries,) = struct.unpack_from(">I", data, at)
-    kind = ">i4" if signed and version == 1 else ">u4"
     table = np.frombuffer(data, dtype=">u4", count=2 * entries, offset=at + 4).reshape(entries, 2)
-    values = table[:, 1].view(kind) if kind == ">i4" else table[:, 1]
+    values = table[:, 1].view(">i4") if signed else table[:, 1]
     return np.repeat(values.astype(np.int64), table[:, 0].astype(np.int64))
 
 
@@ -236,13 +235,15 @@ def sample_sizes(data: bytes, begin: int, end: int) -> np.ndarray:
 def sync_samples(data: bytes, begin: int, end: int, count: int) -> np.ndarray:
     _, at = full_box(data, begin)
     (entries,) = struct.unpack_from(">I", data, at)
+    if not entries:  # FFmpeg then finds keyframes by parsing the stream
+        raise Unsupported("empty sync sample table")
     numbers = np.frombuffer(data, dtype=">u4", count=entries, offset=at + 4).astype(np.int64) - 1
-    if entries and (numbers.min() < 0 or numbers.max() >= count):
+    if numbers.min() < 0 or numbers.max() >= count:
         raise Unsupported("sync sample out of range")
     return numbers
 
 
-def edit_shift(moov: bytes, trak: dict, composition: np.ndarray, durations, timescale: int, movie_timescale: int):
+def edit_shift(moov: bytes, trak: dict, composition: np.ndarray, timescale: int, movie_timescale: int) -> int:
     """What FFmpeg subtracts from the track's times: no edit list, or one edit that begins at the first frame shown
     (composition time `media_time`, the usual shift for B-frame reordering) and lasts until after the last one starts.
     Edits that cut frames, add empty time or change speed are left to PyAV."""
@@ -267,7 +268,9 @@ def edit_shift(moov: bytes, trak: dict, composition: np.ndarray, durations, time
 
 
 def average_frame_rate(durations: np.ndarray, timescale: int) -> float | None:
-    """Frames per second as FFmpeg's MP4 demuxer derives the average rate: sample count over the summed durations."""
+    """Frames per second as FFmpeg's MP4 demuxer derives the average rate: sample count over the summed durations.
+    (FFmpeg discounts an outsized last sample on long tracks. Where that makes the rates differ, the released
+    reader's runs miss frames asked for by this rate's numbers, and the sampler reads once from the first frame.)"""
     total = int(durations.sum())
     if total <= 0:
         return None
