@@ -50,7 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
-STARTED = time.perf_counter()  # a child's imports count in its fresh-process wall time
+STARTED = time.perf_counter()  # a child's `seconds_after_start` counts its imports (its wall time is taken outside)
 
 import numpy as np  # noqa: E402
 

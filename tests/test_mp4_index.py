@@ -174,7 +174,9 @@ def test_the_bitcost_path_samples_as_with_pyavs_index(name, h264, tmp_path, monk
     path = tmp_path / "video.mp4"
     path.write_bytes(READABLE[name](h264))
     monkeypatch.setattr(codec, "bitcost_reader", lambda: fake_bitcost_reader([]))
-    with_tables = codec.sample_video(str(path), SMALL, True, sample_tables=True)
+    with monkeypatch.context() as patch:  # the tables' run must not demux the file or open it with PyAV
+        patch.setattr(codec, "open_video", lambda *args: pytest.fail("the tables' path opened the video with PyAV"))
+        with_tables = codec.sample_video(str(path), SMALL, True, sample_tables=True)
     with_pyav = codec.sample_video(str(path), SMALL, True, sample_tables=False)
     assert with_tables.report["score_source"] == "bitcost" and not with_tables.report["warnings"]
     assert fingerprint(with_tables) == fingerprint(with_pyav)
