@@ -477,29 +477,38 @@ def residual_macroblock_scores(cost: np.ndarray, intra: np.ndarray | None) -> np
     return scores
 
 
-def score_map(bits: np.ndarray, canvas_hw: tuple[int, int], percentile: float) -> np.ndarray:
-    """Per-block bits (released or modeled) -> the release's per-frame transform -> a [0, 1] map at canvas size.
-
-    Computed as released, in float32 with nearest-neighbour source indices floor(i * (1 / (out / in))) in double
-    precision (OpenCV's INTER_NEAREST), so that grouping thresholds, which compare sums of these maps, cross at the
-    same frames as the release's."""
+def normalised_bits(bits: np.ndarray, percentile: float) -> np.ndarray:
+    """Per-block bits (released or modeled) -> the release's per-frame transform: log1p, divided by the frame's
+    `percentile`, clipped to [0, 1], float32, on the bits' own grid."""
     logged = np.log1p(np.maximum(np.asarray(bits, dtype=np.float32), 0))
     scale = max(float(np.percentile(logged, percentile)), 1e-6)
-    normalised = np.clip(logged / np.float32(scale), 0.0, 1.0).astype(np.float32)
-    rows = nearest_source_indices(canvas_hw[0], normalised.shape[0])
-    cols = nearest_source_indices(canvas_hw[1], normalised.shape[1])
-    return normalised[rows][:, cols]
+    return np.clip(logged / np.float32(scale), 0.0, 1.0).astype(np.float32)
 
 
 def nearest_source_indices(out_size: int, in_size: int) -> np.ndarray:
+    """The source row (or column) of each output one under OpenCV's INTER_NEAREST: floor(i * (1 / (out / in))) in
+    double precision."""
     step = 1.0 / (out_size / in_size)
     return np.minimum(np.floor(np.arange(out_size) * step).astype(np.int64), in_size - 1)
 
 
-def block_scores(scores: np.ndarray, patch: int, merge: int) -> np.ndarray:
-    """Sum of the map over each patch, then over merge x merge patches (float32, in the release's order) ->
-    `[Hb * Wb]` in block-raster order."""
-    patches = cell_sums(scores, patch).astype(np.float32)
+def block_scores(bits: np.ndarray, canvas_hw: tuple[int, int], percentile: float, patch: int, merge: int):
+    """A frame's per-block scores, `[Hb * Wb]` float32 in block-raster order: its normalised bits resized to the
+    canvas (nearest neighbour), summed over each patch, then over merge x merge patches.
+
+    Float32 sums of the same numbers differ in their last bits with the order they are added in, and grouping
+    thresholds compare sums of these scores, so they are added in the release's order: the release sums a
+    row-major canvas-size map, so each patch row's `patch` columns are summed pairwise (numpy's contiguous
+    reduction) and the rows' sums are then added one after another. Rows of the resized map repeat their source
+    row, so the column sums are taken once per source row and the canvas-size map is never built."""
+    normalised = normalised_bits(bits, percentile)
+    rows_out, cols_out = canvas_hw[0] // patch, canvas_hw[1] // patch
+    rows = nearest_source_indices(canvas_hw[0], normalised.shape[0])[: rows_out * patch]
+    cols = nearest_source_indices(canvas_hw[1], normalised.shape[1])[: cols_out * patch]
+    # contiguous: column-indexing leaves a column-major array, whose reduction would run down columns instead
+    widened = np.ascontiguousarray(normalised[:, cols])
+    row_sums = widened.reshape(len(normalised), cols_out, patch).sum(axis=2)
+    patches = row_sums[rows].reshape(rows_out, patch, cols_out).sum(axis=1)
     return cell_sums(patches, merge).astype(np.float32).reshape(-1)
 
 
@@ -509,21 +518,38 @@ LUMA_WEIGHTS_BGR = np.ascontiguousarray(LUMA_WEIGHTS[::-1])  # contiguous: a rev
 
 BAD_FRAME_SUBSAMPLE = 61  # every 61st pixel: its channel ranges bound the frame's from below, so most frames skip
 # the flat test's full passes
+CHANNEL_SUM_ROW = 3 * 512  # bytes per row when channel sums fold the pixels into rows (a multiple of 3)
+
+
+def channel_sums(pixels: np.ndarray) -> np.ndarray:
+    """Exact per-channel sums of `[N, 3]` uint8 pixels. The bytes are folded into rows of CHANNEL_SUM_ROW and summed
+    down the rows (one vectorised pass; a reduction over N rows of 3 is an order of magnitude slower), then each
+    column's total goes to its channel. uint32 columns hold any frame below 4 billion pixels."""
+    flat = pixels.reshape(-1)
+    whole = len(flat) // CHANNEL_SUM_ROW * CHANNEL_SUM_ROW
+    columns = flat[:whole].reshape(-1, CHANNEL_SUM_ROW).sum(axis=0, dtype=np.uint32)
+    return columns.reshape(-1, 3).sum(axis=0, dtype=np.uint64) + flat[whole:].reshape(-1, 3).sum(0, dtype=np.uint64)
+
+
+def subsample_may_be_flat(pixels: np.ndarray) -> bool:
+    """False when some channel of a pixel subsample already spans more than the flat test allows (a subset's range
+    never exceeds the whole's); green first, as it usually decides alone."""
+    sample = pixels[::BAD_FRAME_SUBSAMPLE]
+    return all(int(sample[:, c].max()) - int(sample[:, c].min()) <= 12 for c in (1, 0, 2))
 
 
 def is_bad_frame(picture: np.ndarray, bgr: bool = False) -> bool:
     """Black, flat or green-corrupted frames never anchor and offer no blocks (the release's tests). `bgr`: channels
     in BGR order. Every candidate is tested, so each test runs its full passes over the pixels only where cheap exact
-    bounds leave it open: the channel means (one matrix product) decide the dark and green-cast tests, a subsample's
-    channel ranges rule out flatness (a subset's range never exceeds the whole's), and Markov's inequality on the
-    green mean rules out the bright-green test."""
+    bounds leave it open: the channel means (exact, as the release's float64 means of integers) decide the dark and
+    green-cast tests, a subsample's channel ranges rule out flatness, and Markov's inequality on the green mean rules
+    out the bright-green test."""
     pixels = picture.reshape(-1, 3)
     red, green, blue = (2, 1, 0) if bgr else (0, 1, 2)
     weights = LUMA_WEIGHTS_BGR if bgr else LUMA_WEIGHTS
-    channel_means = (np.ones(len(pixels), dtype=np.float32) @ pixels.astype(np.float32)) / len(pixels)
+    channel_means = channel_sums(pixels) / len(pixels)
     maybe_dark = float(channel_means @ weights) <= 8.5  # margin for float rounding; decided exactly below
-    maybe_flat = bool((np.ptp(pixels[::BAD_FRAME_SUBSAMPLE], axis=0) <= 12).all())
-    if maybe_dark or maybe_flat:
+    if maybe_dark or subsample_may_be_flat(pixels):
         channels = pixels.astype(np.float32)
         luma = channels @ weights
         luma_mean, luma_std = float(luma.mean()), float(luma.std())
@@ -1483,7 +1509,7 @@ def select_and_pack(
         warnings.append("the stream reports no packet sizes; score maps are not scaled to frame bits")
     block_matrix = np.stack(
         [
-            block_scores(score_map(cell_maps[i], canvas_hw, config.score_percentile), config.patch, config.merge)
+            block_scores(cell_maps[i], canvas_hw, config.score_percentile, config.patch, config.merge)
             if i in cell_maps
             else np.zeros(blocks_per_canvas, dtype=np.float32)
             for i in candidate_ids

