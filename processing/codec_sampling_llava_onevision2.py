@@ -54,7 +54,6 @@ import os
 import subprocess
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
@@ -721,6 +720,14 @@ def check_deadline(deadline: float, config: CodecSamplingConfig, name: str, stag
         )
 
 
+def thread_pool(workers: int):
+    """A ThreadPoolExecutor, imported on first use: the released bit-cost path runs no threads, and the import (with
+    its logging) is 5 ms of a fresh process that samples one short clip."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=workers)
+
+
 SCORING_THREADS = max(1, min(4, os.cpu_count() or 1))  # numpy releases the GIL: threads score in parallel
 
 
@@ -745,7 +752,7 @@ def decode_candidates(
     stats = DecodeStats()
     pending, unfinished, geometry = {}, deque(), None
     previous_position, previous_luma = None, None
-    with ThreadPoolExecutor(max_workers=1) as scorer, CanvasConverter() as converter:
+    with thread_pool(1) as scorer, CanvasConverter() as converter:
         for position, frame in iter_frames(container, index, wanted, name, stats):
             check_deadline(deadline, config, name, f"decoding, {stats.frames_decoded} frames in")
             geometry = geometry or frame_geometry(frame, config)
@@ -900,7 +907,7 @@ def decode_candidates_with_residual(
             for position in [p for p in lumas if p < keep_from]:
                 del lumas[position]
 
-    with ThreadPoolExecutor(max_workers=scoring_threads) as worker, CanvasConverter() as converter:
+    with thread_pool(scoring_threads) as worker, CanvasConverter() as converter:
         # Under frame threads FFmpeg exports wrong vectors for some frames (the pictures are the same run to run, the
         # vectors are not: 7-17 of 120 frames of a real clip differed between two decodes); slice threads do not.
         for position, frame in iter_frames(container, index, wanted, name, stats, thread_type="SLICE"):
@@ -989,7 +996,7 @@ class CanvasConverter:
     CONVERSIONS_QUEUED decoded pictures wait, so memory does not grow with the video's length."""
 
     def __init__(self):
-        self.worker = ThreadPoolExecutor(max_workers=1)
+        self.worker = thread_pool(1)
         self.reformatter = load_av().video.reformatter.VideoReformatter()  # used by the worker thread only
         self.jobs, self.unfinished = {}, deque()
 
