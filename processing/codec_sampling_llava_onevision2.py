@@ -21,7 +21,8 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    (`modeled_macroblock_bits`: skipped below a threshold, a base cost plus bits per doubling above it, the threshold
    set so the frame's modeled bits equal its packet bits). Maps take the grid the release reads for the codec (H.264
    macroblocks; 64x64 units for HEVC and VP9, `modeled_bits_map`) and go through the released transform: log1p,
-   divided by the frame's 99th percentile, clipped to [0, 1] and resized to the canvas. A frame without a decoded
+   divided by the frame's 99th percentile, clipped to [0, 1] and resized to the canvas; a block scores the sum of
+   that map over its pixels, added in the release's float32 order (`block_scores`). A frame without a decoded
    predecessor (or without vectors) uses its spatial activity instead;
 4. readiness grouping: a group grows from min to max frames until its top-B block sum reaches the video's mean
    fixed-window sum with the selected blocks spread over `coverage_bins` bins, and stops at the first ready end
