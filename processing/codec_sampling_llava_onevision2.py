@@ -48,11 +48,8 @@ image-only users.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import subprocess
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -68,7 +65,13 @@ from .codec_residual_llava_onevision2 import (
     local_contrast,
     reference_candidates,
 )
-from .codec_segments_llava_onevision2 import frames_to_decode, plan_segments, run_segments, segment_processes
+from .codec_segments_llava_onevision2 import (
+    SegmentsTimedOut,
+    frames_to_decode,
+    plan_segments,
+    run_segments,
+    segment_processes,
+)
 from .mp4_index_llava_onevision2 import read_mp4_video
 from .resize_rule_llava_onevision2 import smart_resize
 from .video_decoding_llava_onevision2 import (
@@ -1218,7 +1221,7 @@ def in_segments(target: str, requests: list[dict], deadline: float, config: Code
     caller falls back to one pass)."""
     try:
         return run_segments(target, requests, max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
+    except SegmentsTimedOut:
         check_deadline(deadline, config, name, "decoding in segments")
         raise
     except (OSError, RuntimeError, ValueError, EOFError) as error:
@@ -1288,6 +1291,8 @@ class SampledVideo:
 
 def file_identity(source) -> str | None:
     """SHA-256 of a file's bytes (or of in-memory bytes); None for streams that cannot be re-read."""
+    import hashlib  # the cache's imports (here and below) wait for a cache: 7 ms of a fresh process without one
+
     digest = hashlib.sha256()
     if isinstance(source, (bytes, bytearray, memoryview)):
         digest.update(bytes(source))
@@ -1306,6 +1311,9 @@ def cache_path(source, config: CodecSamplingConfig) -> str | None:
     identity = file_identity(source)
     if identity is None:
         return None
+    import hashlib
+    import json
+
     key = hashlib.sha256(
         json.dumps(
             {"file": identity, "settings": config.settings(), "version": CACHE_FORMAT_VERSION}, sort_keys=True
@@ -1317,6 +1325,8 @@ def cache_path(source, config: CodecSamplingConfig) -> str | None:
 def load_cached(path: str) -> CodecSample | None:
     if not os.path.exists(path):
         return None
+    import json
+
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         return CodecSample(
@@ -1331,6 +1341,8 @@ def load_cached(path: str) -> CodecSample | None:
 
 
 def store_cached(path: str, sample: CodecSample) -> None:
+    import json
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
     meta = {
         "fps": sample.fps,

@@ -20,9 +20,7 @@ import importlib
 import itertools
 import os
 import pickle
-import subprocess
 import sys
-import tempfile
 import time
 
 # Frames one process decodes before starting another pays off: a child's start-up (Python, numpy, the decoder) costs
@@ -147,10 +145,20 @@ def call(target: str, request: dict):
     return getattr(importlib.import_module(module), function)(request)
 
 
+class SegmentsTimedOut(TimeoutError):
+    """Child processes still decoding when the time given to `run_segments` ran out (they have been killed)."""
+
+
 def run_segments(target: str, requests: list[dict], timeout: float) -> tuple[list | None, str | None]:
     """`target(request)` for every request at once: the last in this process, each other in a child process.
     Returns `(results in request order, None)`, or `(None, why)` when a child failed. Children still running
-    `timeout` seconds after they started are killed and `subprocess.TimeoutExpired` is raised."""
+    `timeout` seconds after they started are killed and `SegmentsTimedOut` is raised."""
+    if len(requests) == 1:
+        return [call(target, requests[0])], None
+    # imported here: a video read in one pass starts no child, and these imports are 13 ms of a fresh process
+    import subprocess
+    import tempfile
+
     deadline = time.monotonic() + timeout
     with tempfile.TemporaryDirectory(prefix="llava-ov2-segments-") as folder:
         jobs = []
@@ -170,10 +178,11 @@ def run_segments(target: str, requests: list[dict], timeout: float) -> tuple[lis
             last = call(target, requests[-1])  # may hold the GIL throughout; the children run on regardless
             for child in children:
                 child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired as expired:
+            stop_children(children)
+            raise SegmentsTimedOut(f"segment children still running after {timeout:.1f} s") from expired
         except BaseException:
-            for child in children:
-                child.kill()
-                child.wait()
+            stop_children(children)
             raise
         results = []
         for child, (job, job_path) in zip(children, jobs):
@@ -184,6 +193,12 @@ def run_segments(target: str, requests: list[dict], timeout: float) -> tuple[lis
             with open(job["output"], "rb") as handle:
                 results.append(pickle.load(handle))
     return results + [last], None
+
+
+def stop_children(children: list) -> None:
+    for child in children:
+        child.kill()
+        child.wait()
 
 
 def child_main(job_path: str) -> None:

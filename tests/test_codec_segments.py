@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import sys
 import textwrap
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -246,6 +247,20 @@ def test_children_keep_only_what_the_sampler_reads(stand_in_reader, clip):
     assert all(list(item["bitcost"]) == ["mb_bit_cost"] for item in items)
     assert items[1]["pixels"].shape == (56, 84, 3)
     assert len({call["pid"] for call in stand_in_reader()}) == 3
+
+
+def test_children_past_their_time_are_killed_and_the_timeout_raised():
+    """`time:sleep` as the target: the child sleeps 30 s, the calling process 0 s, the time given is 1 s."""
+    start = time.monotonic()
+    with pytest.raises(segments.SegmentsTimedOut, match="still running after 1.0 s"):
+        segments.run_segments("time:sleep", [30.0, 0.0], timeout=1.0)
+    assert time.monotonic() - start < 15  # killed, not waited for
+    assert issubclass(segments.SegmentsTimedOut, TimeoutError)
+
+
+def test_a_single_request_runs_in_this_process_without_files():
+    """A lambda cannot be pickled: it reaches the target only if nothing was written for a child."""
+    assert segments.run_segments("builtins:callable", [lambda: None], timeout=1.0) == ([True], None)
 
 
 @pytest.mark.parametrize("signal", ["framediff", "residual"])
