@@ -13,7 +13,8 @@ Each timed method runs in its own fresh child process (its own peak RSS, its own
 - `codec`: `sample_codec_video` with the released defaults (32 canvases, groups of 32 of 256 candidates, 4 images
   per group, max_pixels 150000) and `score_source="auto"` (`--score-source` picks another signal);
   `process_seconds` is the child's wall time measured from outside, as `cv-preinfer`'s is (interpreter start-up,
-  imports and exit included), with our package's bytecode compiled first, as an installed package has it;
+  imports and exit included), with our package's bytecode compiled first, as an installed package has it; that child
+  is `bench/codec_child.py`, which imports only the sampler and json, as a user's script would;
 - `uniform`: as many uniformly spaced frames as the codec path's tokens buy at the same canvas size, decoded by our
   frames reader and resized to the canvas;
 - `cv-preinfer` (the released tool, from the `codec-video-prep` package) on the same file and settings, when it
@@ -50,9 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 
-STARTED = time.perf_counter()  # a child's `seconds_after_start` counts its imports (its wall time is taken outside)
-
-import numpy as np  # noqa: E402
+import numpy as np
+from codec_child import peak_rss_mib
 
 # No torch-importing helper (bench/common.py) at module level: the children time a fresh process.
 REAL_CLIPS = {
@@ -75,63 +75,11 @@ def real_clip_paths() -> dict[str, str]:
     return {label: os.path.join(folder, name) for label, name in REAL_CLIPS.items()}
 
 
-def peak_rss_mib() -> float:
-    """This process's own peak RSS. Linux keeps `ru_maxrss` across exec, so a child started by a large parent would
-    report the parent's peak; VmHWM belongs to the running image."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
 HIGH_RES_CLIPS = {
     "1080p H.264": (1920, 1080, "libx264"),
     "4K H.264": (3840, 2160, "libx264"),
     "4K HEVC": (3840, 2160, "libx265"),
 }
-
-
-def without_released_reader() -> None:
-    """`score_source="stock"`: run `auto` as it runs where codec-video-prep is not installed."""
-    from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
-
-    codec.bitcost_reader = lambda: None
-
-
-def run_codec(path: str, score_source: str) -> dict:
-    from llava_onevision2.processing.codec_sampling_llava_onevision2 import CodecSamplingConfig, sample_codec_video
-
-    if score_source == "stock":
-        without_released_reader()
-        score_source = "auto"
-    # cache off: time the sampling, not a cache hit
-    config = CodecSamplingConfig(progress=False, cache_root=None, score_source=score_source)
-    start = time.perf_counter()
-    sample = sample_codec_video(path, config)
-    seconds = time.perf_counter() - start
-    frames = sorted({int(t) for t in sample.positions[:, 0] if t >= 0})
-    times = dict(zip(sample.candidate_ids, sample.candidate_times))
-    grid_h, grid_w = sample.grid
-    return {
-        "seconds": round(seconds, 2),
-        "seconds_after_start": round(time.perf_counter() - STARTED, 2),  # imports included, start-up and exit not
-        "peak_rss_mib": peak_rss_mib(),
-        # the largest of the child processes that decode segments of a long video (any signal), beside this one
-        "segment_children_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
-        "score_source": sample.report["score_source"],
-        "canvases": len(sample.canvases),
-        "canvas_hw": list(sample.canvases.shape[1:3]),
-        "tokens": len(sample.positions) // config.merge**2,
-        "tokens_per_canvas": grid_h * grid_w // config.merge**2,
-        "frames_covered": len(frames),
-        "seconds_covered": len({int(times[t]) for t in frames}),
-        "frames_decoded": sample.report["frames_decoded"],
-        "groups": len(sample.groups),
-    }
 
 
 def run_uniform(path: str, num_frames: int, canvas_hw: list[int]) -> dict:
@@ -310,9 +258,7 @@ def agreement(path: str, with_reencodes: bool) -> dict:
 
 
 def child(method: str, path: str, extra: str) -> None:
-    if method == "codec":
-        result = run_codec(path, extra or "auto")
-    elif method == "cv-preinfer":
+    if method == "cv-preinfer":
         binary, _, segments = extra.partition("|")
         result = run_cv_preinfer(path, binary, int(segments or 0))
     else:
@@ -324,7 +270,10 @@ def child(method: str, path: str, extra: str) -> None:
 def in_child(method: str, path: str, extra: str = "") -> dict:
     """One method in a fresh child process. For ours, `process_seconds` is that child's wall time measured from here
     (interpreter start-up, imports and exit included, as `cv-preinfer`'s is measured by its own child)."""
-    command = [sys.executable, __file__, "--child", method, "--path", path, "--extra", extra]
+    if method == "codec":
+        command = [sys.executable, str(Path(__file__).with_name("codec_child.py")), path, extra or "auto"]
+    else:
+        command = [sys.executable, __file__, "--child", method, "--path", path, "--extra", extra]
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start
