@@ -48,6 +48,7 @@ image-only users.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -677,6 +678,11 @@ def select_group(
     return anchor, selected
 
 
+def group_canvas_count(selected: list[tuple[int, int]], blocks_per_canvas: int) -> int:
+    """The anchor's canvas and the selected blocks' (`select_group` selects whole canvases)."""
+    return 1 + len(selected) // blocks_per_canvas
+
+
 def pack_group(
     frames: list[np.ndarray],
     frame_ids: list[int],
@@ -685,16 +691,17 @@ def pack_group(
     blocks_hw: tuple[int, int],
     patch: int,
     merge: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Canvases (anchor first) and their block-layout positions for one group: slot k of the group's canvases, in
-    canvas-raster order of blocks, holds the k-th source block (the anchor's blocks, then the selected ones)."""
+    canvases: np.ndarray,
+) -> np.ndarray:
+    """Fills `canvases` (the group's `group_canvas_count`, anchor first) and returns their block-layout positions:
+    slot k of the group's canvases, in canvas-raster order of blocks, holds the k-th source block (the anchor's
+    blocks, then the selected ones)."""
     rows, cols = blocks_hw
     per_canvas = rows * cols
     block_px = patch * merge
     offsets = np.array([anchor] * per_canvas + [offset for offset, _ in selected], dtype=np.int64)
     blocks = np.array(list(range(per_canvas)) + [block for _, block in selected], dtype=np.int64)
-    count = len(offsets) // per_canvas
-    canvases = np.empty((count, rows * block_px, cols * block_px, 3), dtype=np.uint8)
+    count = group_canvas_count(selected, per_canvas)
     # (canvas, slot row, slot col) -> one block of pixels; written through the view, one source frame at a time
     slots = canvases.reshape(count, rows, block_px, cols, block_px, 3).transpose(0, 1, 3, 2, 4, 5)
     canvas_index, slot_in_canvas = np.divmod(np.arange(len(offsets)), per_canvas)
@@ -710,7 +717,7 @@ def pack_group(
     positions[..., 0] = np.asarray(frame_ids, dtype=np.int64)[offsets][:, None]
     positions[..., 1] = block_rows[:, None] * merge + within_row
     positions[..., 2] = block_cols[:, None] * merge + within_col
-    return canvases, positions.reshape(-1, 3)
+    return positions.reshape(-1, 3)
 
 
 # -- decode pass ----------------------------------------------------------------------------------------------------
@@ -1499,10 +1506,12 @@ def sample_video(source, config: CodecSamplingConfig, keep_candidates: bool, sam
 
 
 def swap_red_blue(pictures: np.ndarray) -> np.ndarray:
-    """BGR <-> RGB in place, one plane at a time (a reversed-axis copy is several times slower and holds twice)."""
-    blue = pictures[..., 0].copy()
-    pictures[..., 0] = pictures[..., 2]
-    pictures[..., 2] = blue
+    """`[N, H, W, 3]` BGR <-> RGB in place, one plane of one picture at a time (a reversed-axis copy is several times
+    slower and holds twice; a plane of all the pictures at once would need a buffer of its own, a third of them)."""
+    for picture in pictures:
+        blue = picture[..., 0].copy()
+        picture[..., 0] = picture[..., 2]
+        picture[..., 2] = blue
     return pictures
 
 
@@ -1537,31 +1546,47 @@ def select_and_pack(
     )
     bad = np.array([is_bad_frame(frame, bgr) for frame in candidate_frames])
     budget = (config.images_per_group - 1) * blocks_per_canvas
-    canvases, positions, groups, selections = [], [], [], []
+    chosen = []  # (start, end, stop reason, anchor, selected) of each group with a usable frame
     for start, end, reason in readiness_groups(block_matrix, config, budget):
         anchor, selected = select_group(block_matrix, bad, start, end, budget, blocks_per_canvas)
         if anchor is None:
             warnings.append(f"group of frames {candidate_ids[start]}..{candidate_ids[end - 1]} has no usable frame")
-            continue
-        group_canvases, group_positions = pack_group(
-            candidate_frames, candidate_ids, anchor, selected, blocks_hw, config.patch, config.merge
+        else:
+            chosen.append((start, end, reason, anchor, selected))
+    if not chosen:
+        raise ValueError(
+            f"Video {name}: no usable frames for codec sampling (all candidate frames are black or flat)."
         )
-        canvases.append(group_canvases)
-        positions.append(group_positions)
+    counts = [group_canvas_count(selected, blocks_per_canvas) for *_, selected in chosen]
+    # one array, each group packed into its slice: per-group arrays joined afterwards would map and copy them twice
+    canvases = np.empty((sum(counts), blocks_hw[0] * block_px, blocks_hw[1] * block_px, 3), dtype=np.uint8)
+    positions, groups, selections = [], [], []
+    for (start, end, reason, anchor, selected), first, count in zip(
+        chosen, itertools.accumulate([0, *counts]), counts
+    ):
+        group_canvases = canvases[first : first + count]
+        positions.append(
+            pack_group(
+                candidate_frames,
+                candidate_ids,
+                anchor,
+                selected,
+                blocks_hw,
+                config.patch,
+                config.merge,
+                group_canvases,
+            )
+        )
         selections.append([(candidate_ids[o], *divmod(b, blocks_hw[1])) for o, b in selected])
         groups.append(
             {
                 "first_frame": candidate_ids[start],
                 "last_frame": candidate_ids[end - 1],
                 "anchor_frame": candidate_ids[anchor],
-                "canvases": len(group_canvases),
+                "canvases": count,
                 "selected_blocks": len(selected),
                 "stop_reason": reason,
             }
-        )
-    if not canvases:
-        raise ValueError(
-            f"Video {name}: no usable frames for codec sampling (all candidate frames are black or flat)."
         )
     kept_frames = stack_frames(candidate_frames) if keep_candidates else None
     if kept_frames is not None and bgr:
@@ -1580,7 +1605,7 @@ def select_and_pack(
         "cache": "miss" if config.cache_root else "off",
     }
     return CodecSample(
-        canvases=swap_red_blue(np.concatenate(canvases)) if bgr else np.concatenate(canvases),
+        canvases=swap_red_blue(canvases) if bgr else canvases,
         positions=np.concatenate(positions),
         fps=index.fps,
         candidate_ids=candidate_ids,
