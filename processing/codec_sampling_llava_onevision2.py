@@ -693,9 +693,9 @@ def pack_group(
     merge: int,
     canvases: np.ndarray,
 ) -> np.ndarray:
-    """Fills `canvases` (the group's `group_canvas_count`, anchor first) and returns their block-layout positions:
-    slot k of the group's canvases, in canvas-raster order of blocks, holds the k-th source block (the anchor's
-    blocks, then the selected ones)."""
+    """Fills `canvases` (the group's `group_canvas_count`, anchor first; C-contiguous, so that the block view below
+    writes into it) and returns their block-layout positions: slot k of the group's canvases, in canvas-raster
+    order of blocks, holds the k-th source block (the anchor's blocks, then the selected ones)."""
     rows, cols = blocks_hw
     per_canvas = rows * cols
     block_px = patch * merge
