@@ -523,16 +523,20 @@ LUMA_WEIGHTS_BGR = np.ascontiguousarray(LUMA_WEIGHTS[::-1])  # contiguous: a rev
 BAD_FRAME_SUBSAMPLE = 61  # every 61st pixel: its channel ranges bound the frame's from below, so most frames skip
 # the flat test's full passes
 CHANNEL_SUM_ROW = 3 * 512  # bytes per row when channel sums fold the pixels into rows (a multiple of 3)
+UINT16_SUM_ROWS = 257  # 257 * 255 = 65,535: summed down at most this many rows, a column of bytes fits in uint16
 
 
 def channel_sums(pixels: np.ndarray) -> np.ndarray:
     """Exact per-channel sums of `[N, 3]` uint8 pixels. The bytes are folded into rows of CHANNEL_SUM_ROW and summed
-    down the rows (one vectorised pass; a reduction over N rows of 3 is an order of magnitude slower), then each
-    column's total goes to its channel. uint32 columns hold any frame below 4 billion pixels."""
+    down the rows (vectorised passes; a reduction over N rows of 3 is an order of magnitude slower), UINT16_SUM_ROWS
+    rows at a time into uint16 (about twice as fast as into uint32), then each column's total goes to its channel."""
     flat = pixels.reshape(-1)
     whole = len(flat) // CHANNEL_SUM_ROW * CHANNEL_SUM_ROW
-    columns = flat[:whole].reshape(-1, CHANNEL_SUM_ROW).sum(axis=0, dtype=np.uint32)
-    return columns.reshape(-1, 3).sum(axis=0, dtype=np.uint64) + flat[whole:].reshape(-1, 3).sum(0, dtype=np.uint64)
+    rows = flat[:whole].reshape(-1, CHANNEL_SUM_ROW)
+    columns = np.zeros(CHANNEL_SUM_ROW, dtype=np.uint64)
+    for start in range(0, len(rows), UINT16_SUM_ROWS):
+        columns += rows[start : start + UINT16_SUM_ROWS].sum(axis=0, dtype=np.uint16)
+    return columns.reshape(-1, 3).sum(axis=0) + flat[whole:].reshape(-1, 3).sum(0, dtype=np.uint64)
 
 
 def subsample_may_be_flat(pixels: np.ndarray) -> bool:

@@ -314,6 +314,9 @@ def test_channel_sums_are_exact_at_every_size():
         np.testing.assert_array_equal(channel_sums(pixels), pixels.sum(axis=0, dtype=np.int64))
     white_4k = np.full((3840 * 2160, 3), 255, dtype=np.uint8)  # the largest sums a 4K frame can have
     np.testing.assert_array_equal(channel_sums(white_4k), [255 * 3840 * 2160] * 3)
+    for count in (512 * 257, 512 * 258 + 1):  # one uint16 chunk of white rows exactly, and one row over
+        white = np.full((count, 3), 255, dtype=np.uint8)
+        np.testing.assert_array_equal(channel_sums(white), [255 * count] * 3)
 
 
 def test_canvas_conversion_keeps_a_bounded_queue_and_every_picture(monkeypatch):

@@ -262,4 +262,6 @@ def test_a_fresh_process_samples_an_mp4_without_importing_pyav(h264, tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["score_source"] == "bitcost" and report["warnings"] == [] and report["canvases"] > 0
     assert report["av_imported"] is False
-    assert report["unused_imports"] == []  # no threads, child process or cache on this path: about 30 ms of imports spared
+    assert (
+        report["unused_imports"] == []
+    )  # no threads, child process or cache on this path: about 30 ms of imports spared
