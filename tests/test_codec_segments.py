@@ -258,8 +258,15 @@ def test_children_past_their_time_are_killed_and_the_timeout_raised():
     assert issubclass(segments.SegmentsTimedOut, TimeoutError)
 
 
-def test_a_single_request_runs_in_this_process_without_files():
-    """A lambda cannot be pickled: it reaches the target only if nothing was written for a child."""
+def test_a_single_request_runs_in_this_process_without_a_temporary_folder(monkeypatch):
+    """A lambda cannot be pickled: it reaches the target only if nothing was written for a child; and the folder
+    that children's requests and results travel through is not even made."""
+    import tempfile
+
+    def no_folder(*args, **kwargs):
+        raise AssertionError("a temporary folder was made for a single request")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", no_folder)
     assert segments.run_segments("builtins:callable", [lambda: None], timeout=1.0) == ([True], None)
 
 
