@@ -314,14 +314,6 @@ def reference_candidates(position: int, decode_rank: np.ndarray, reference: np.n
     return past, future
 
 
-def decode_ranks(decoding_timestamps: np.ndarray) -> np.ndarray:
-    """Each frame's place in decoding order (frames given in presentation order)."""
-    order = np.argsort(decoding_timestamps, kind="stable")
-    ranks = np.empty(len(order), dtype=np.int64)
-    ranks[order] = np.arange(len(order))
-    return ranks
-
-
 class ResidualScorer:
     """Scores frames, preparing each reference picture once (nearby candidates share references) and forgetting
     those no later frame can use. Safe to call from several threads: a reference's planes are a pure function of

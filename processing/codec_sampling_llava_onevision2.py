@@ -14,12 +14,13 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    rebuilt from the decoder's exported motion vectors and the reference pictures they point at
    (`codec_residual_llava_onevision2`), subtracted from the unfiltered decoded picture, per 4x4 cell log2 of the
    residual beyond a dead zone, summed per macroblock (`residual_macroblock_scores`). For every other codec and
-   larger frames (`"framediff"`), per 4x4-pixel cell the smallest absolute luma difference to the immediately
-   preceding decoded frame over +-`shift_radius` half-resolution pixels of displacement (motion-tolerant block
-   matching; frames above 1080p are compared at quarter resolution, where a cell is one pixel, `ScoringScale`),
-   summed per 16x16 macroblock and turned into modeled bits
-   (`modeled_macroblock_bits`: skipped below a threshold, a base cost plus bits per doubling above it, the threshold
-   set so the frame's modeled bits equal its packet bits). Maps take the grid the release reads for the codec (H.264
+   larger frames (`"framediff"`), per 4x4-pixel cell the smallest absolute luma difference over +-`shift_radius`
+   half-resolution pixels of displacement (motion-tolerant block matching; frames above 1080p are compared at quarter
+   resolution, where a cell is one pixel, `ScoringScale`) to the frame the encoder most likely predicted it from (a
+   P-frame's anchor, else the frame before: `framediff_references`), summed per 16x16 macroblock and turned into
+   modeled bits (`modeled_macroblock_bits`: skipped below a threshold, bits per doubling above it plus, in B-frames,
+   a cost for coding the block at all, the threshold set so the frame's modeled bits equal its packet bits). Maps
+   take the grid the release reads for the codec (H.264
    macroblocks; 64x64 units for HEVC and VP9, `modeled_bits_map`) and go through the released transform: log1p,
    divided by the frame's 99th percentile, clipped to [0, 1] and resized to the canvas; a block scores the sum of
    that map over its pixels, added in the release's float32 order (`block_scores`). A frame without a decoded
@@ -34,10 +35,10 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    merge window of a canvas is one whole source block; positions are (source frame index, patch row, patch column)
    in block layout. Canvases are always whole; nothing is zero-filled.
 
-Decoding is one pass over the needed frames (candidates and their predecessors, or their reference pictures),
-seeking by GOP when that skips work; only candidate frames are converted to RGB, at canvas size. With the released
-bit-cost, the released reader returns both the bits and the canvas-size pictures, in runs that start again at a later
-keyframe wherever that skips frames no candidate needs; for a plain MP4/MOV file the index and picture geometry it
+Decoding is one pass over the needed frames (candidates and the frames they are compared with, or their reference
+pictures), seeking by GOP when that skips work; only candidate frames are converted to RGB, at canvas size. With the
+released bit-cost, the released reader returns both the bits and the canvas-size pictures, in runs that start again at
+a later keyframe wherever that skips frames no candidate needs; for a plain MP4/MOV file the index and picture geometry it
 needs come from the file's sample tables (`mp4_index_llava_onevision2`), so that path does not import PyAV at all
 unless it falls back (`SampledVideo`). A long video file is decoded in keyframe-aligned segments by
 several processes, with the same result (`decode_processes`, `codec_segments_llava_onevision2`). Results are cached
@@ -62,7 +63,6 @@ from .codec_residual_llava_onevision2 import (
     RESIDUAL_CODECS,
     ResidualScorer,
     cell_sums,
-    decode_ranks,
     local_contrast,
     reference_candidates,
 )
@@ -87,7 +87,7 @@ from .video_decoding_llava_onevision2 import (
 )
 
 # 2: framediff on HEVC/VP9 scores 64x64 units; 3: framediff above 1080p compares frames at quarter resolution
-CACHE_FORMAT_VERSION = 3
+CACHE_FORMAT_VERSION = 4
 SCORE_SOURCES = ("auto", "residual", "framediff", "bitcost")
 BITCOST_CODECS = ("h264", "hevc")  # what the released patched decoder reads bit-costs from
 BITCOST_GRIDS = ("adaptive", "mb", "sub", "ctu")
@@ -400,6 +400,9 @@ class ScoringScale:
 
 MACROBLOCK_CELLS = 4  # a 16x16-pixel macroblock spans 4x4 score cells
 SKIP_BASE_BITS = 64.0  # modeled cost of a macroblock the encoder codes at all (type, prediction, coded-block flags)
+# The same in I- and P-frames, where nearly every macroblock is coded. Small, not 0: a still frame's few bits (slice
+# headers, skip runs) then buy no macroblock instead of spreading over all of them.
+ANCHOR_BASE_BITS = 8.0
 BITS_PER_DOUBLING = 32.0  # modeled extra bits each time the residual doubles above the skip threshold
 
 
@@ -430,23 +433,27 @@ def released_ctu_layout(macroblock_bits: np.ndarray) -> np.ndarray:
     return padded.reshape(rows, CTU_MACROBLOCKS, cols, CTU_MACROBLOCKS).sum(axis=(1, 3))
 
 
-def modeled_bits_map(cells: np.ndarray, frame_bits: float, codec: str) -> np.ndarray:
+def modeled_bits_map(
+    cells: np.ndarray, frame_bits: float, codec: str, skip_bits: float = SKIP_BASE_BITS
+) -> np.ndarray:
     """`framediff` cell residuals -> modeled bits in the grid the release reads for this codec: macroblocks, or for
     HEVC/VP9 the 64x64 units its adaptive grid uses (the skip model decides per macroblock, as coding units are
     mostly that size or smaller; a unit costs what its macroblocks cost)."""
-    bits = modeled_macroblock_bits(released_macroblock_layout(cells), frame_bits)
+    bits = modeled_macroblock_bits(released_macroblock_layout(cells), frame_bits, skip_bits)
     return released_ctu_layout(bits) if codec in CTU_GRID_CODECS else bits
 
 
-def modeled_macroblock_bits(residual: np.ndarray, frame_bits: float) -> np.ndarray:
+def modeled_macroblock_bits(residual: np.ndarray, frame_bits: float, skip_bits: float = SKIP_BASE_BITS) -> np.ndarray:
     """Bits an encoder would spend per macroblock, from its motion-compensated residual and the frame's packet bits.
 
-    The released signal is dominated by the encoder's skip decision: half of all macroblocks of a typical P or B
-    frame cost nothing, and after log1p any coded one scores more than half of the frame's peak. So a macroblock
-    costs 0 below a threshold and `SKIP_BASE_BITS + BITS_PER_DOUBLING * log2(residual / threshold)` above it, with
-    the threshold chosen (bisection on log2) so the frame's total equals its packet bits: a frame the encoder
-    coded cheaply skips most macroblocks, an expensive one codes most. Without packet bits the residual is returned
-    unchanged. On three real clips this raised block agreement with the released bit-cost from 0.26 to 0.36 (README).
+    The released signal is dominated by the encoder's skip decision: half of all macroblocks of a typical B-frame
+    cost nothing, and after log1p any coded one scores more than half of the frame's peak. So a macroblock costs 0
+    below a threshold and `skip_bits + BITS_PER_DOUBLING * log2(residual / threshold)` above it, with the threshold
+    chosen (bisection on log2) so the frame's total equals its packet bits: a frame the encoder coded cheaply skips
+    most macroblocks, an expensive one codes most. `skip_bits` is what coding a macroblock at all costs
+    (`SKIP_BASE_BITS`; less in frames that code nearly every macroblock, `skip_bits_for`). Without packet bits the
+    residual is returned unchanged. On three real clips this raised block agreement with the released bit-cost from
+    0.26 to 0.36, and the full skip cost in B-frames only (with P-frames compared with their anchor) to 0.39 (README).
     """
     if not frame_bits > 0:
         return residual
@@ -455,9 +462,45 @@ def modeled_macroblock_bits(residual: np.ndarray, frame_bits: float) -> np.ndarr
     for _ in range(40):
         threshold = (low + high) / 2
         coded = log_residual > threshold
-        total = (SKIP_BASE_BITS + BITS_PER_DOUBLING * (log_residual[coded] - threshold)).sum()
+        total = (skip_bits + BITS_PER_DOUBLING * (log_residual[coded] - threshold)).sum()
         low, high = (threshold, high) if total > frame_bits else (low, threshold)
-    return np.where(log_residual > high, SKIP_BASE_BITS + BITS_PER_DOUBLING * (log_residual - high), 0.0)
+    return np.where(log_residual > high, skip_bits + BITS_PER_DOUBLING * (log_residual - high), 0.0)
+
+
+def forward_predicted(decode_rank: np.ndarray) -> np.ndarray:
+    """Which frames (presentation order) no later frame is decoded before: I- and P-pictures, each predicted from
+    earlier ones only. A B-picture is decoded after the later anchor it predicts from. Where decoding order is
+    presentation order (no B-frames, VP9, AV1) every frame is."""
+    later_first = np.minimum.accumulate(decode_rank[::-1])[::-1]  # the earliest decoded from each frame on
+    return decode_rank <= later_first
+
+
+def framediff_references(candidate_ids: list[int], index) -> dict[int, int | None]:
+    """The frame `framediff` compares each candidate with: for a P-frame the anchor (I or P) before it, the picture
+    the encoder predicted it from (a B-frame between them is decoded later, so it cannot have been used); for a
+    B-frame, a keyframe and any frame of a stream without B-frames, the frame before it. None for the first frame.
+    On the three real clips re-encoded with x265, comparing P-frames with their anchor instead of the frame before
+    raised block agreement with the released HEVC bit-cost (README)."""
+    forward = forward_predicted(index.decoding_ranks())
+    # the last forward frame before each frame (-1: none)
+    last_forward = np.maximum.accumulate(np.where(forward, np.arange(len(forward)), -1))
+    references = {}
+    for candidate in candidate_ids:
+        if candidate == 0:
+            references[candidate] = None
+        elif forward[candidate] and not index.keyframe[candidate] and last_forward[candidate - 1] >= 0:
+            references[candidate] = int(last_forward[candidate - 1])
+        else:
+            references[candidate] = candidate - 1
+    return references
+
+
+def skip_bits_for(position: int, forward: np.ndarray) -> float:
+    """The modeled cost of coding a macroblock at all in this frame. I- and P-frames code nearly every block (the
+    released HEVC bit-cost of an x265 P-frame is zero in 6-8% of its units, where a B-frame's is in 18-55%), so their
+    cost starts low (`ANCHOR_BASE_BITS`) and rises with the residual; a B-frame's coded block pays `SKIP_BASE_BITS`
+    first."""
+    return ANCHOR_BASE_BITS if forward[position] else SKIP_BASE_BITS
 
 
 RESIDUAL_DEAD_ZONE = 16  # |residual| summed over a 4x4 cell below which coding it costs next to nothing
@@ -757,16 +800,22 @@ def wait_for_room(unfinished: deque, limit: int) -> None:
 def decode_candidates(
     container, index, candidate_ids: list[int], config: CodecSamplingConfig, name: str, progress, deadline: float
 ):
-    """One pass: canvas-size RGB of each candidate and its cell score map (needs the frame before it)."""
+    """One pass: canvas-size RGB of each candidate and, for `framediff`, its score map (which needs the frame it is
+    compared with, `framediff_references`)."""
     if config.score_source == "residual":
         return decode_candidates_with_residual(container, index, candidate_ids, config, name, progress, deadline)
-    predecessors = {c - 1 for c in candidate_ids if c > 0} if config.score_source == "framediff" else set()
-    wanted = sorted(set(candidate_ids) | predecessors)
+    framediff = config.score_source == "framediff"
+    references = framediff_references(candidate_ids, index) if framediff else {}
+    forward = forward_predicted(index.decoding_ranks()) if framediff else None
+    last_use = {}  # reference position -> the last candidate compared with it
+    for candidate, reference in sorted(references.items()):
+        if reference is not None:
+            last_use[reference] = candidate
+    wanted = sorted(set(candidate_ids) | set(last_use))
     candidate_set = set(candidate_ids)
     reformatter = load_av().video.reformatter.VideoReformatter()
     stats = DecodeStats()
-    pending, unfinished, geometry = {}, deque(), None
-    previous_position, previous_luma = None, None
+    pending, unfinished, geometry, lumas = {}, deque(), None, {}
     with thread_pool(1) as scorer, CanvasConverter() as converter:
         for position, frame in iter_frames(container, index, wanted, name, stats):
             check_deadline(deadline, config, name, f"decoding, {stats.frames_decoded} frames in")
@@ -777,18 +826,22 @@ def decode_candidates(
                 # Scoring runs on a worker thread (numpy releases the GIL) while the decoder moves on. One thread:
                 # a second one was 7% faster at 720p and 10% slower at 640x272 and below (more GIL hand-offs).
                 wait_for_room(unfinished, FRAMEDIFF_JOBS_QUEUED)
-                follows = previous_position == position - 1 and previous_luma is not None
+                reference = lumas.get(references[position])  # None where the stream had no frame there
                 pending[position] = scorer.submit(
                     framediff_bits,
                     luma,
-                    previous_luma if follows and previous_luma.shape == luma.shape else None,
+                    reference if reference is not None and reference.shape == luma.shape else None,
                     scale,
                     config.shift_radius,
                     float(index.packet_bytes[position]) * 8,
                     index.codec,
+                    skip_bits_for(position, forward),
                 )
                 unfinished.append(pending[position])
-            previous_position, previous_luma = position, luma
+            if position in last_use:
+                lumas[position] = luma
+            for done in [kept for kept in lumas if last_use[kept] <= position]:
+                del lumas[done]
             if progress is not None and position in candidate_set:
                 progress.update(1)
         cell_maps = {position: future.result() for position, future in pending.items()}
@@ -796,14 +849,17 @@ def decode_candidates(
     return frames, cell_maps, geometry[1] if geometry else None, stats
 
 
-def framediff_bits(luma, previous_luma, scale: ScoringScale, shift_radius: int, frame_bits: float, codec: str):
+def framediff_bits(
+    luma, reference_luma, scale: ScoringScale, shift_radius: int, frame_bits: float, codec: str, skip_bits: float
+):
     """One candidate's `framediff` map in modeled bits, on the scoring thread (beside the decoder): the motion-tolerant
-    difference to the frame before it, or its texture when that frame was not decoded."""
-    if previous_luma is None:
+    difference to the frame it is compared with (`framediff_references`), or its texture when that frame was not
+    decoded."""
+    if reference_luma is None:
         cells = local_contrast(luma, scale.cell)
     else:
-        cells = motion_tolerant_difference(luma, previous_luma, scale.radius(shift_radius), scale.cell)
-    return modeled_bits_map(cells, frame_bits, codec)
+        cells = motion_tolerant_difference(luma, reference_luma, scale.radius(shift_radius), scale.cell)
+    return modeled_bits_map(cells, frame_bits, codec, skip_bits)
 
 
 def decode_run(request: dict):
@@ -885,7 +941,7 @@ def decode_candidates_with_residual(
     if stream.codec_context.is_open:  # options set now would be ignored: every frame would score as intra
         raise RuntimeError(f"{name}: the residual signal needs a decoder that has not run yet (open the file anew).")
     stream.codec_context.options = {**stream.codec_context.options, **DECODER_OPTIONS}
-    ranks = decode_ranks(index.dts)
+    ranks = index.decoding_ranks()
     is_reference = index.reference if index.reference is not None else np.ones(index.num_frames, dtype=bool)
     references = {c: reference_candidates(c, ranks, is_reference) for c in candidate_ids}
     wanted = sorted(set(candidate_ids).union(*(past + future for past, future in references.values())))

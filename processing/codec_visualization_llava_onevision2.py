@@ -48,6 +48,11 @@ class SelectionSummary:
         )
 
 
+def counted(count: int, noun: str) -> str:
+    """A count with its noun, plural unless the count is one: "1 block", "2 blocks"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def summarize_selection(sample: CodecSample, config: CodecSamplingConfig) -> SelectionSummary:
     grid_h, grid_w = sample.grid
     tokens_per_canvas = merged_token_count((1, grid_h, grid_w), config.merge)
@@ -93,7 +98,9 @@ def visualize_codec_selection(
                 )
             )
     if len(sample.groups) > max_groups:
-        bands.append(text_tile([f"... {len(sample.groups) - max_groups} more groups not drawn"], small, MUTED))
+        bands.append(
+            text_tile([f"... {counted(len(sample.groups) - max_groups, 'more group')} not drawn"], small, MUTED)
+        )
     picture = stack_vertically([text_tile([summary.title], font, TEXT), *bands, legend(summary, small)])
     picture.save(output_path, format="PNG")
     return sample
@@ -130,13 +137,13 @@ def group_band(
         f"{tokens} tokens",
     ]
     if len(anchor) + len(givers) > len(shown):
-        label.append(f"({len(anchor) + len(givers) - len(shown)} frames not drawn)")
+        label.append(f"({counted(len(anchor) + len(givers) - len(shown), 'frame')} not drawn)")
     tiles = [text_tile(label, small, TEXT, width=150)]
     block_px = config.patch * config.merge
     for index in sorted(set(shown)):
         frame_id = sample.candidate_ids[index]
         picture = marked_frame(sample, index, selected, group["anchor_frame"], block_px, scale)
-        role = "anchor (whole)" if frame_id == group["anchor_frame"] else f"{blocks_per_frame[frame_id]} blocks"
+        role = "anchor (whole)" if frame_id == group["anchor_frame"] else counted(blocks_per_frame[frame_id], "block")
         tiles.append(captioned(picture, [f"frame {frame_id} · {seconds[frame_id]:.1f} s", role], small))
     tiles.append(arrow_tile(round(sample.candidate_frames.shape[1] * scale)))
     for position, canvas in enumerate(canvases):

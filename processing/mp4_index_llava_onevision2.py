@@ -23,7 +23,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .video_decoding_llava_onevision2 import VideoStreamIndex, decodable_from_first_keyframe
+from .video_decoding_llava_onevision2 import VideoStreamIndex, decodable_from_first_keyframe, ranks
 
 MOV_DEMUXER = "mov,mp4,m4a,3gp,3g2,mj2"  # FFmpeg's name for the demuxer, as PyAV reports it
 SAMPLE_ENTRY_CODECS = {b"avc1": "h264", b"avc3": "h264", b"hvc1": "hevc", b"hev1": "hevc"}
@@ -194,6 +194,7 @@ def read_track(moov: bytes, trak: dict, mdia: dict, movie_timescale: int, declar
         declared_duration=declared,
         average_rate=average_frame_rate(durations, timescale),
         container_format=MOV_DEMUXER,
+        decode_rank=ranks(order),  # samples are stored in decoding order
     )
     return Mp4Video(index=index, rotation=display_rotation(moov, *only(trak, b"tkhd")))
 

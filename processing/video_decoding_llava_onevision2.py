@@ -91,6 +91,8 @@ class VideoStreamIndex:
         reference: whether each frame (same order) may be a reference picture (H.264 `nal_ref_idc`; True where
             the codec does not say).
         container_format: the demuxer's name (FFmpeg's, e.g. "mov,mp4,m4a,3gp,3g2,mj2" or "mpegts").
+        decode_rank: each frame's place in decoding order (same order): the order the file stores its packet in, which
+            is decoding order in every container. None where unknown (`decoding_ranks` then ranks `dts`).
     """
 
     pts: np.ndarray
@@ -105,6 +107,7 @@ class VideoStreamIndex:
     average_rate: float | None = None
     reference: np.ndarray | None = None
     container_format: str = ""
+    decode_rank: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -114,6 +117,13 @@ class VideoStreamIndex:
     def timestamps(self) -> np.ndarray:
         """Seconds from the first frame."""
         return (self.pts - self.pts[0]).astype(np.float64) * float(self.time_base)
+
+    def decoding_ranks(self) -> np.ndarray:
+        """Each frame's place in decoding order. Decoding timestamps do not always give it: Matroska files store
+        none, and FFmpeg's guesses for a stream with B-frames leave some out and misorder others."""
+        if self.decode_rank is not None:
+            return self.decode_rank
+        return ranks(self.dts)
 
     @property
     def frame_interval(self) -> float:
@@ -246,7 +256,16 @@ def index_video_stream(container, name: str) -> VideoStreamIndex:
         declared_duration=declared,
         average_rate=float(stream.average_rate) if stream.average_rate else None,
         container_format=container.format.name,
+        decode_rank=ranks(order),  # `order` holds file positions: packets come in decoding order
     )
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """Each value's place in ascending order (ties keep their order)."""
+    order = np.argsort(values, kind="stable")
+    result = np.empty(len(order), dtype=np.int64)
+    result[order] = np.arange(len(order))
+    return result
 
 
 def decodable_from_first_keyframe(pts: np.ndarray, keyframe: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Codec-aligned sampling on videos encoded here, where the moving object's location is known."""
 
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -16,12 +17,16 @@ from synthetic_media import encode_moving_box, encode_video, rotate_mp4
 from conftest import tiny_config, tiny_tokenizer
 from llava_onevision2.modeling import LlavaOnevision2ForConditionalGeneration
 from llava_onevision2.processing.codec_sampling_llava_onevision2 import (
+    ANCHOR_BASE_BITS,
     CONVERSIONS_QUEUED,
+    SKIP_BASE_BITS,
     CanvasConverter,
     CodecSamplingConfig,
     block_scores,
     canvas_size,
     channel_sums,
+    forward_predicted,
+    framediff_references,
     is_bad_frame,
     modeled_bits_map,
     modeled_macroblock_bits,
@@ -32,11 +37,16 @@ from llava_onevision2.processing.codec_sampling_llava_onevision2 import (
     released_ctu_layout,
     released_macroblock_layout,
     sample_codec_video,
+    skip_bits_for,
     time_bins,
     uniform_candidate_ids,
     wait_for_room,
 )
-from llava_onevision2.processing.codec_visualization_llava_onevision2 import selection_mask, visualize_codec_selection
+from llava_onevision2.processing.codec_visualization_llava_onevision2 import (
+    counted,
+    selection_mask,
+    visualize_codec_selection,
+)
 from llava_onevision2.processing.image_processing_llava_onevision2 import LlavaOnevision2ImageProcessor
 from llava_onevision2.processing.processing_llava_onevision2 import LlavaOnevision2Processor
 from llava_onevision2.processing.video_processing_llava_onevision2 import LlavaOnevision2VideoProcessor
@@ -226,6 +236,89 @@ def test_modeled_bits_skip_quiet_macroblocks_and_total_the_frame_bits():
     cheap, expensive = modeled_macroblock_bits(residual, 2_000.0), modeled_macroblock_bits(residual, 80_000.0)
     assert (cheap > 0).mean() < 0.1 < 0.9 < (expensive > 0).mean()
     np.testing.assert_array_equal(modeled_macroblock_bits(residual, 0.0), residual)  # no sizes: left unscaled
+
+
+def test_with_a_smaller_skip_cost_more_macroblocks_are_coded_for_the_same_bits():
+    """I- and P-frames are modeled with a smaller cost of coding a block at all (`skip_bits_for`): the frame's bits
+    then spread over more macroblocks, and still rise with the residual."""
+    residual = np.random.default_rng(0).lognormal(3.0, 1.0, size=(20, 30))
+    anchor_frame = modeled_macroblock_bits(residual, 8_000.0, ANCHOR_BASE_BITS)
+    b_frame = modeled_macroblock_bits(residual, 8_000.0, SKIP_BASE_BITS)
+    assert anchor_frame.sum() == pytest.approx(8_000.0, rel=0.01)
+    assert (anchor_frame > 0).sum() > 2 * (b_frame > 0).sum()
+    order = np.argsort(residual.ravel())
+    assert (np.diff(anchor_frame.ravel()[order]) >= 0).all()
+    forward = np.array([True, False, True])
+    assert [skip_bits_for(position, forward) for position in range(3)] == [8.0, 64.0, 8.0]
+
+
+def test_a_still_frames_few_bits_buy_no_macroblock():
+    """A P-frame identical to its anchor costs the encoder a few bytes of headers; modeled, they code nothing, so a
+    still stretch scores nothing (with no skip cost they would spread over every macroblock alike)."""
+    still = np.zeros((12, 21))
+    assert not modeled_macroblock_bits(still, 300.0, ANCHOR_BASE_BITS).any()
+    assert modeled_macroblock_bits(still, 300.0, 0.0).all()
+
+
+# presentation order I0 B1 B2 B3 P4 B5 B6 B7 P8 I9, decoded I0 P4 B2 B1 B3 P8 B6 B5 B7 I9 (B2 and B6 are references)
+PYRAMID_RANKS = np.array([0, 3, 2, 4, 1, 7, 6, 8, 5, 9])
+
+
+def test_forward_predicted_frames_are_those_no_later_frame_is_decoded_before():
+    assert forward_predicted(PYRAMID_RANKS).tolist() == [
+        True,
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+        True,
+        True,
+    ]
+    assert forward_predicted(np.arange(6)).all()  # no B-frames: every frame
+
+
+def test_framediff_compares_p_frames_with_the_anchor_before_them():
+    index = SimpleNamespace(decoding_ranks=lambda: PYRAMID_RANKS, keyframe=np.arange(10) % 9 == 0)
+    references = framediff_references(list(range(10)), index)
+    # P-frames: the I or P before them; B-frames and keyframes: the frame before; the first frame: none
+    assert references == {0: None, 1: 0, 2: 1, 3: 2, 4: 0, 5: 4, 6: 5, 7: 6, 8: 4, 9: 8}
+    without_b_frames = SimpleNamespace(decoding_ranks=lambda: np.arange(10), keyframe=np.arange(10) == 0)
+    assert framediff_references([3, 7], without_b_frames) == {3: 2, 7: 6}
+
+
+def test_framediff_scores_p_frame_candidates_against_their_anchor(monkeypatch):
+    """In the decoding pass, a P-frame candidate is compared with the anchor before it, which is decoded for it
+    (a clip with B-frames: libx264's defaults)."""
+    from llava_onevision2.processing import codec_sampling_llava_onevision2 as codec
+
+    data = encode_video(num_frames=48, rate=12, gop=24)
+    compared, lumas = {}, {}
+    real_decode_one, real_framediff_bits = codec.decode_one, codec.framediff_bits
+
+    def decode_one(frame, position, *args):
+        luma = real_decode_one(frame, position, *args)
+        lumas[id(luma)] = position
+        return luma
+
+    def framediff_bits(luma, reference_luma, *args):
+        compared[lumas[id(luma)]] = None if reference_luma is None else lumas[id(reference_luma)]
+        return real_framediff_bits(luma, reference_luma, *args)
+
+    monkeypatch.setattr(codec, "decode_one", decode_one)
+    monkeypatch.setattr(codec, "framediff_bits", framediff_bits)
+    sample = sample_codec_video(data, replace(SMALL, score_source="framediff"), keep_candidates=True)
+    with av.open(io.BytesIO(data)) as container:
+        types = [int(f.pict_type) for f in sorted(container.decode(video=0), key=lambda frame: frame.pts)]
+    p_frames = [c for c in sample.candidate_ids if types[c] == 2 and types[c - 1] == 3]
+    assert p_frames and set(compared) == set(sample.candidate_ids)
+    for candidate in p_frames:
+        anchor = max(position for position in range(candidate) if types[position] != 3)
+        assert compared[candidate] == anchor < candidate - 1
+    b_frames = [c for c in sample.candidate_ids if types[c] == 3]
+    assert b_frames and all(compared[c] == c - 1 for c in b_frames)
 
 
 def test_readiness_groups_respect_bounds():
@@ -466,6 +559,7 @@ def test_visualization_png(moving, tmp_path):
     green = (picture[..., 1] > 180) & (picture[..., 0] < 80)
     assert red.any() and green.any()
     assert sample.selected and len(sample.selected) == len(sample.groups)
+    assert [counted(1, "block"), counted(3, "frame")] == ["1 block", "3 frames"]  # the captions' counts
 
 
 def test_selection_summary_counts_what_the_model_gets(moving):

@@ -91,7 +91,7 @@ def test_the_sample_tables_give_pyavs_index(name, h264, tmp_path):
     assert tables is not None, f"{name}: a layout the tables should read"
     expected, rotation = pyav_index_and_rotation(str(path))
     index = tables.index
-    for field in ("pts", "dts", "keyframe"):
+    for field in ("pts", "dts", "keyframe", "decode_rank"):
         np.testing.assert_array_equal(getattr(index, field), getattr(expected, field), err_msg=field)
     assert (index.time_base, index.width, index.height, index.codec) == (
         expected.time_base,
