@@ -18,13 +18,13 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    half-resolution pixels of displacement (motion-tolerant block matching; frames above 1080p are compared at quarter
    resolution, where a cell is one pixel, `ScoringScale`) to the frame the encoder most likely predicted it from (a
    P-frame's anchor, else the frame before: `framediff_references`), summed per 16x16 macroblock and turned into
-   modeled bits (`modeled_macroblock_bits`: skipped below a threshold, bits per doubling above it plus, in B-frames,
-   a cost for coding the block at all, the threshold set so the frame's modeled bits equal its packet bits). Maps
-   take the grid the release reads for the codec (H.264
-   macroblocks; 64x64 units for HEVC and VP9, `modeled_bits_map`) and go through the released transform: log1p,
-   divided by the frame's 99th percentile, clipped to [0, 1] and resized to the canvas; a block scores the sum of
-   that map over its pixels, added in the release's float32 order (`block_scores`). A frame without a decoded
-   predecessor (or without vectors) uses its spatial activity instead;
+   modeled bits (`modeled_macroblock_bits`: skipped below a threshold, bits per doubling above it plus a cost for
+   coding the block at all, larger in B-frames, the threshold set so the frame's modeled bits equal its packet bits).
+   Maps take the grid the release reads for the codec (H.264 macroblocks; 64x64 units for HEVC and VP9,
+   `modeled_bits_map`) and go through the released transform: log1p, divided by the frame's 99th percentile, clipped
+   to [0, 1] and resized to the canvas; a block scores the sum of that map over its pixels, added in the release's
+   float32 order (`block_scores`). A frame whose compared frame was not decoded (or without vectors) uses its
+   spatial activity instead;
 4. readiness grouping: a group grows from min to max frames until its top-B block sum reaches the video's mean
    fixed-window sum with the selected blocks spread over `coverage_bins` bins, and stops at the first ready end
    that adds less than `delta_ratio` over the end before it;
@@ -86,7 +86,8 @@ from .video_decoding_llava_onevision2 import (
     upright,
 )
 
-# 2: framediff on HEVC/VP9 scores 64x64 units; 3: framediff above 1080p compares frames at quarter resolution
+# 2: framediff on HEVC/VP9 scores 64x64 units; 3: framediff above 1080p compares frames at quarter resolution;
+# 4: framediff compares P-frames with their anchor and models I/P-frames with the smaller skip cost
 CACHE_FORMAT_VERSION = 4
 SCORE_SOURCES = ("auto", "residual", "framediff", "bitcost")
 BITCOST_CODECS = ("h264", "hevc")  # what the released patched decoder reads bit-costs from
