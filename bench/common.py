@@ -9,10 +9,11 @@ import torch
 from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2ForConditionalGeneration
 
 
-def emit_report(report: dict, output: str | None) -> None:
-    """Print the JSON report and, when asked, write it to `output`."""
+def emit_report(report: dict, output: str | None, quiet: bool = False) -> None:
+    """Print the JSON report (unless `quiet`) and, when asked, write it to `output`."""
     text = json.dumps(report, indent=2)
-    print(text)
+    if not quiet:
+        print(text)
     if output:
         Path(output).write_text(text + "\n")
 
