@@ -30,10 +30,11 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_llava_onevision2 import MODEL_AUTO_MAP, LlavaOnevision2Config, LlavaOnevision2VisionConfig
 from .vision_geometry_llava_onevision2 import (
     AttentionWindows,
-    apply_vision_rotary,
     attention_window_lengths,
     block_layout_positions,
+    rotate_with_tables,
     vision_rotary_angles,
+    vision_rotary_tables,
 )
 
 # Keys of visual inputs: (pixels, grid, positions, placeholder-token config attribute) per modality.
@@ -171,12 +172,14 @@ class LlavaOnevision2VisionAttention(nn.Module):
         hidden_states: torch.Tensor,
         windows: AttentionWindows,
         rotary_cos: torch.Tensor,
-        rotary_sin: torch.Tensor,
+        rotary_signed_sin: torch.Tensor,
         **kwargs,
     ) -> torch.Tensor:
         num_patches = hidden_states.shape[0]
-        query, key, value = self.qkv(hidden_states).view(num_patches, 3, self.num_heads, self.head_dim).unbind(1)
-        query, key = apply_vision_rotary(query, key, rotary_cos, rotary_sin)
+        qkv = self.qkv(hidden_states).view(num_patches, 3, self.num_heads, self.head_dim)
+        # Queries and keys rotate together: one pass over both instead of one each.
+        query, key = rotate_with_tables(qkv[:, :2], rotary_cos, rotary_signed_sin).unbind(1)
+        value = qkv[:, 2]
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -262,11 +265,14 @@ class LlavaOnevision2VisionEncoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         windows: AttentionWindows,
         rotary_cos: torch.Tensor,
-        rotary_sin: torch.Tensor,
+        rotary_signed_sin: torch.Tensor,
         **kwargs,
     ) -> torch.Tensor:
         hidden_states = hidden_states + self.self_attn(
-            self.layer_norm1(hidden_states), windows=windows, rotary_cos=rotary_cos, rotary_sin=rotary_sin
+            self.layer_norm1(hidden_states),
+            windows=windows,
+            rotary_cos=rotary_cos,
+            rotary_signed_sin=rotary_signed_sin,
         )
         return hidden_states + self.mlp(self.layer_norm2(hidden_states))
 
@@ -278,9 +284,11 @@ class LlavaOnevision2VisionEncoder(nn.Module):
             [LlavaOnevision2VisionEncoderLayer(config) for _ in range(config.num_hidden_layers)]
         )
 
-    def forward(self, hidden_states, windows, rotary_cos, rotary_sin) -> torch.Tensor:
+    def forward(self, hidden_states, windows, rotary_cos, rotary_signed_sin) -> torch.Tensor:
         for layer in self.layers:
-            hidden_states = layer(hidden_states, windows=windows, rotary_cos=rotary_cos, rotary_sin=rotary_sin)
+            hidden_states = layer(
+                hidden_states, windows=windows, rotary_cos=rotary_cos, rotary_signed_sin=rotary_signed_sin
+            )
         return hidden_states
 
 
@@ -389,7 +397,7 @@ class LlavaOnevision2VisionModel(LlavaOnevision2PreTrainedModel):
         )
 
         hidden_states = self.layernorm_pre(self.embeddings(pixel_values))
-        hidden_states = self.encoder(hidden_states, windows, angles.cos(), angles.sin())
+        hidden_states = self.encoder(hidden_states, windows, *vision_rotary_tables(angles))
         return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=self.merger(hidden_states))
 
 

@@ -133,35 +133,51 @@ def vision_rotary_angles(positions: torch.Tensor, head_dim: int, theta: float) -
     return torch.cat([half, half], dim=-1)
 
 
-def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
-    """Pairwise rotation by 90 degrees: (a, b) -> (-b, a) for each pair of adjacent channels."""
-    pairs = x.unflatten(-1, (-1, 2))
-    return torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+def swap_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(a, b) -> (b, a) for each pair of adjacent channels."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
 
 
-def apply_vision_rotary(
-    query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate `query` / `key` of shape `(N, heads, head_dim)` with `(N, head_dim)` float32 `cos` / `sin`.
+def vision_rotary_tables(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-patch tables `rotate_with_tables` takes: `cos(angles)` and a pair-signed `sin(angles)`.
+
+    The released rotation maps each channel pair (a, b) to (a*cos - b*sin, b*cos + a*sin), with the angles of the
+    pair's own two channels. Negating `sin` on the first channel of every pair turns that into
+    `x * cos + swap_pairs(x) * signed_sin`: no negation pass per layer, and the same float32 numbers bit for bit
+    (a sign flip is exact). Built once per forward and shared by every layer.
+    """
+    signs = angles.new_tensor([-1.0, 1.0])
+    signed_sin = (angles.sin().unflatten(-1, (-1, 2)) * signs).flatten(-2)
+    return angles.cos(), signed_sin
+
+
+def rotate_with_tables(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Apply the 3-D rotary embedding to `x` of shape `(N, ..., head_dim)` (queries and keys stacked on a middle
+    dimension rotate in one pass) with the `(N, head_dim)` float32 tables of `vision_rotary_tables`.
 
     The table is half-concatenated while the rotation pairs adjacent channels, so the two members of a pair use
-    different angles. That is not a norm-preserving rotation, but it is what the released weights were trained with;
-    the maths runs in float32 and the result is cast back to the input dtype.
+    different angles. That is not a norm-preserving rotation, but it is what the released weights were trained with.
+    The maths runs in float32 (float64 for a float64 model) and the result is cast back to `x.dtype`. Without
+    gradients, the products read `x` in its own dtype and promote as they go (no upcast copy); with gradients, `x`
+    is upcast first, so the gradients of its two uses add in float32 before the one rounding back.
     """
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    rotated = []
-    for x in (query, key):
-        x32 = x.to(torch.float32)
-        rotated.append((x32 * cos + rotate_interleaved(x32) * sin).to(x.dtype))
-    return rotated[0], rotated[1]
+    shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+    cos, signed_sin = cos.view(shape), signed_sin.view(shape)
+    source = x
+    if torch.is_grad_enabled() and x.requires_grad:
+        source = x.to(torch.promote_types(x.dtype, cos.dtype))
+    rotated = source * cos
+    rotated += swap_pairs(source) * signed_sin  # in place: two float32 temporaries alive at a time, not three
+    return rotated.to(x.dtype)
 
 
 __all__ = [
     "AttentionWindows",
-    "apply_vision_rotary",
     "attention_window_lengths",
     "block_layout_positions",
     "rotary_axis_sizes",
-    "rotate_interleaved",
+    "rotate_with_tables",
+    "swap_pairs",
     "vision_rotary_angles",
+    "vision_rotary_tables",
 ]

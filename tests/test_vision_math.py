@@ -198,14 +198,51 @@ def test_codec_positions_match_reference():
 def test_rotation_is_not_norm_preserving_like_the_release():
     """The released rotation pairs channels with different angles, so it changes vector norms; a 'fixed' rotation
     would not. Guards against someone replacing it with rotate_half or a GPT-J rotation."""
-    from llava_onevision2.modeling.vision_geometry_llava_onevision2 import apply_vision_rotary, vision_rotary_angles
+    from llava_onevision2.modeling.vision_geometry_llava_onevision2 import (
+        rotate_with_tables,
+        vision_rotary_angles,
+        vision_rotary_tables,
+    )
 
     positions = torch.tensor([[3, 5, 7]])
     angles = vision_rotary_angles(positions, 64, 10000.0)
     x = torch.randn(1, 1, 64, generator=torch.Generator().manual_seed(0))
-    rotated, _ = apply_vision_rotary(x, x, angles.cos(), angles.sin())
+    rotated = rotate_with_tables(x, *vision_rotary_tables(angles))
     assert not torch.allclose(rotated.norm(), x.norm(), rtol=1e-3)
     torch.testing.assert_close(rotated.double(), reference_rotate(x, reference_angles(positions, 64, 10000.0)))
+
+
+def float32_rotation(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """The rotation as the release computes it: upcast, x * cos + rotate(x) * sin with (a, b) -> (-b, a), cast back."""
+    x32 = x.float()
+    cos, sin = angles.cos()[:, None, None, :], angles.sin()[:, None, None, :]
+    pairs = x32.unflatten(-1, (-1, 2))
+    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+    return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rotary_is_bit_exact_to_the_float32_rotation_with_and_without_gradients(dtype):
+    """The pair-signed table, the promotion without an upcast copy and the joint query/key pass change no bit of
+    the output, and (with gradients) none of the input gradient."""
+    from llava_onevision2.modeling.vision_geometry_llava_onevision2 import rotate_with_tables, vision_rotary_tables
+
+    generator = torch.Generator().manual_seed(3)
+    angles = torch.randn(300, 64, generator=generator) * 40
+    qkv = torch.randn(300, 3, 4, 64, generator=generator).to(dtype)  # q, k, v as the fused projection lays them out
+    tables = vision_rotary_tables(angles)
+    with torch.no_grad():
+        assert torch.equal(rotate_with_tables(qkv[:, :2], *tables), float32_rotation(qkv[:, :2], angles))
+
+    upstream = torch.randn(300, 3, 4, 64, generator=generator).to(dtype)
+    gradients = []
+    for rotation in (lambda x: rotate_with_tables(x, *tables), lambda x: float32_rotation(x, angles)):
+        leaf = upstream.clone().requires_grad_()
+        out = rotation(leaf[:, :2])
+        gradients.append((out, torch.autograd.grad(out, leaf, torch.ones_like(out) * 0.37 + out.detach())[0]))
+    (ours, our_grad), (reference, reference_grad) = gradients
+    assert torch.equal(ours, reference)
+    assert torch.equal(our_grad, reference_grad)
 
 
 def test_attention_runs_one_batched_call_per_window_length(monkeypatch):
