@@ -9,14 +9,17 @@ What it measures, at the 8B shapes with random weights in bfloat16:
    when flash-attn is installed, the whole model's prefill logits;
 3. our goals beside the upstream H200 figures (vision 216 ms, prefill 869 ms at 21.2 GiB, 33 ms/token).
 
-On the device (transformers 5.24 travels as a wheel; the image has 5.17):
+On the device (its image has torch 2.11 and transformers 5.17; transformers 5.25 and what it needs beyond the image
+travel as wheels, downloaded here for Python 3.12 / manylinux x86_64 with `pip download --no-deps --only-binary=:all:`):
 
     echo /.whl/ >> .git/info/exclude
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
-        --platform manylinux_2_28_x86_64 -d .whl transformers==5.24.0
+    # into .whl: transformers==5.25.0 huggingface_hub==2.4.0 httpx2==2.16.2 httpcore2==2.16.2 truststore click==8.5.1
+    #            hf-xet==1.8.0 idna anyio==4.16.0 h11==0.16.0 regex==2026.11.19 kernels==0.19.1 tomlkit
     # run (carry .whl):
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/*.whl . \\
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-build-isolation --target /tmp/site .whl/*.whl . \\
         && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --output $OUT/gpu_check.json
+
+That run took 94 s on an H200 (2026-12-04, `bench/h200/`); the report is rewritten after each phase.
 
 `python bench/gpu_check.py --device cpu --preset tiny --frames 4` runs the same code paths on a CPU in seconds.
 """
