@@ -18,6 +18,16 @@ def emit_report(report: dict, output: str | None, quiet: bool = False) -> None:
         Path(output).write_text(text + "\n")
 
 
+def add_model_options(parser, attention: bool = True) -> None:
+    """The options the model benches share: preset, device, dtype and (unless `attention` is False) the attention
+    implementation. They are the arguments of `build_bench_model`."""
+    parser.add_argument("--preset", default="tiny", help="tiny, or a LlavaOnevision2Config preset (8b, 4b, ...)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
+    if attention:
+        parser.add_argument("--attn", default="sdpa", help="sdpa, eager or flash_attention_2")
+
+
 def build_bench_model(preset: str, device: str, dtype: str | None, attn: str):
     """Random weights at a preset's shapes ("tiny" for CPU runs), bf16 on CUDA and fp32 on CPU unless `dtype`."""
     config = LlavaOnevision2Config.from_preset(preset)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_bench_model, decode_ms_per_token, emit_report  # noqa: E402
+from common import add_model_options, build_bench_model, decode_ms_per_token, emit_report  # noqa: E402
 
 
 def build_qwen3(config, device: str, dtype: torch.dtype):
@@ -49,10 +49,7 @@ def profile_decode(model, inputs: dict, new_tokens: int, device: str, rows: int)
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--attn", default="sdpa")
+    add_model_options(parser)
     parser.add_argument("--prompt-tokens", type=int, default=1810, help="the model bench's image prompt length")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)

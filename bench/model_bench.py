@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_time_ms, build_bench_model, decode_ms_per_token, emit_report  # noqa: E402
+from common import add_model_options, best_time_ms, build_bench_model, decode_ms_per_token, emit_report  # noqa: E402
 
 from llava_onevision2.modeling import LlavaOnevision2ForConditionalGeneration
 from llava_onevision2.modeling.modeling_llava_onevision2 import LlavaOnevision2VisionAttention
@@ -46,10 +46,7 @@ UPSTREAM_H200_8B = {
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", help="tiny, or a LlavaOnevision2Config preset (8b, 4b, ...)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
-    parser.add_argument("--attn", default="sdpa", help="sdpa, eager or flash_attention_2")
+    add_model_options(parser)
     parser.add_argument("--frames", type=int, default=None, help="video frames (default 64 on CUDA, 8 on CPU)")
     parser.add_argument("--frame-size", type=int, default=448)
     parser.add_argument("--image-hw", default="1008x1344", help="image height x width in pixels")

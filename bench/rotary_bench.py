@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_time_ms, emit_report  # noqa: E402
+from common import add_model_options, best_time_ms, emit_report  # noqa: E402
 
 from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2VisionModel
 from llava_onevision2.modeling import modeling_llava_onevision2 as modeling
@@ -79,9 +79,7 @@ def variant(name: str):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=None)
+    add_model_options(parser, attention=False)
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--frame-size", type=int, default=448)
     parser.add_argument("--rounds", type=int, default=3)

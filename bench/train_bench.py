@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_bench_model, emit_report  # noqa: E402
+from common import add_model_options, build_bench_model, emit_report  # noqa: E402
 
 from llava_onevision2.training.collator import MultimodalCollator
 
@@ -82,10 +82,7 @@ def measure(model, batches, device, steps: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--attn", default="sdpa")
+    add_model_options(parser)
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--samples-per-step", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)

@@ -15,16 +15,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_time_ms, build_bench_model  # noqa: E402
+from common import add_model_options, best_time_ms, build_bench_model  # noqa: E402
 from model_bench import visual_prompt  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--attn", default="sdpa")
+    add_model_options(parser)
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--frame-size", type=int, default=448)
     parser.add_argument("--rows", type=int, default=30)
