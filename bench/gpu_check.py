@@ -7,7 +7,9 @@ What it measures, at the 8B shapes with random weights in bfloat16:
 2. the flash-attention paths: the vision tower's one-varlen-call branch (flash-attn when installed, else PyTorch's
    own varlen flash kernel under the same calling convention) against sdpa: max |difference|, cosine, speed; and,
    when flash-attn is installed, the whole model's prefill logits;
-3. our goals beside the upstream H200 figures (vision 216 ms, prefill 869 ms at 21.2 GiB, 33 ms/token).
+3. the vision tower with each way of applying its rotary embedding (`bench/rotary_bench.py`: the fused Triton
+   kernel, the model's default on CUDA, against the PyTorch rotations), same bits, time and peak memory;
+4. our goals beside the upstream H200 figures (vision 216 ms, prefill 869 ms at 21.2 GiB, 33 ms/token).
 
 On the device (its image has torch 2.11 and transformers 5.17; transformers 5.25 and what it needs beyond the image
 travel as wheels, downloaded here for Python 3.12 / manylinux x86_64 with `pip download --no-deps --only-binary=:all:`):
@@ -41,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_time_ms, emit_report  # noqa: E402
 from model_bench import build_model, run, visual_prompt  # noqa: E402
 from model_bench import parse_args as model_bench_args  # noqa: E402
+from rotary_bench import measure as rotary_measure  # noqa: E402
+from rotary_bench import parse_args as rotary_args  # noqa: E402
 
 GOALS_H200_8B = {"vision_ms": 150.0, "video_prefill_ms": 800.0, "decode_ms_per_token": 11.0}
 UPSTREAM_PEAK_GIB = 21.2
@@ -174,6 +178,8 @@ def main(argv=None) -> int:
     report: dict = {}
     guarded(report, "sdpa", args.output, lambda: run(bench_args))
     guarded(report, "flash", args.output, lambda: flash_parity(bench_args))
+    rotary = ["--device", args.device, "--preset", args.preset, "--frames", str(args.frames), "--rounds", "2"]
+    guarded(report, "rotary", args.output, lambda: rotary_measure(rotary_args(rotary)))
     if args.preset == "8b" and args.device.startswith("cuda") and "error" not in report["sdpa"]:
         report["goals"] = goals(report["sdpa"])
     report["seconds"] = round(time.perf_counter() - started, 1)

@@ -1,13 +1,16 @@
-"""The vision tower with three ways of applying its rotary embedding, timed in one run, alternating.
+"""The vision tower with several ways of applying its rotary embedding, timed in one run, alternating.
 
 - `previous`: the rotation as first written here (and as the release writes it): queries and keys one at a time,
   upcast to float32, `x * cos + rotate(x) * sin` with the rotation built by negating and stacking, cast back;
-- `current`: the model's `rotate_with_tables` (pair-signed sin table built once per forward, queries and keys in
-  one pass, products that promote without an upcast copy, the sum accumulated in place);
-- `fused_cast`: as `current`, but the final sum is written straight into the output dtype (inference only).
+- `torch`: `rotate_with_tables_in_torch` (pair-signed sin table built once per forward, queries and keys in one
+  pass, products that promote without an upcast copy, the sum accumulated in place), the model's rotation on CPU
+  and wherever gradients flow;
+- `fused_cast`: as `torch`, but the final sum is written straight into the output dtype (inference only);
+- `triton` (CUDA with triton installed): `rotate_with_tables_in_triton`, one kernel, the model's inference default
+  there.
 
-All three give the same bits (checked here on the whole tower's output). Reported: vision ms (best of the rounds),
-peak memory per variant, and `previous / variant` ratios.
+All give the same bits (checked here on the whole tower's output). Reported: vision ms (best of the rounds), peak
+memory per variant, and `previous / variant` ratios.
 
     python bench/rotary_bench.py --preset tiny --frames 4                 # CPU, seconds
     python bench/rotary_bench.py --device cuda --preset 8b --frames 64    # the model bench's 8B video workload
@@ -16,6 +19,7 @@ peak memory per variant, and `previous / variant` ratios.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +31,8 @@ from common import add_model_options, best_time_ms, emit_report  # noqa: E402
 
 from llava_onevision2.modeling import LlavaOnevision2Config, LlavaOnevision2VisionModel
 from llava_onevision2.modeling import modeling_llava_onevision2 as modeling
-from llava_onevision2.modeling.vision_geometry_llava_onevision2 import swap_pairs
+from llava_onevision2.modeling.vision_geometry_llava_onevision2 import rotate_with_tables_in_torch, swap_pairs
+from llava_onevision2.modeling.vision_rotary_kernel_llava_onevision2 import rotate_with_tables_in_triton
 
 
 def previous_rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -62,6 +67,10 @@ def fused_cast_rotation(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Te
     return torch.add(x * cos, swap_pairs(x) * signed_sin, out=out)
 
 
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 @contextmanager
 def variant(name: str):
     attention = modeling.LlavaOnevision2VisionAttention
@@ -70,14 +79,18 @@ def variant(name: str):
         if name == "previous":
             attention.forward = previous_attention_forward
             modeling.vision_rotary_tables = plain_tables
+        elif name == "torch":
+            modeling.rotate_with_tables = rotate_with_tables_in_torch
         elif name == "fused_cast":
             modeling.rotate_with_tables = fused_cast_rotation
+        elif name == "triton":
+            modeling.rotate_with_tables = rotate_with_tables_in_triton
         yield
     finally:
         attention.forward, modeling.vision_rotary_tables, modeling.rotate_with_tables = saved
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(parser, attention=False)
     parser.add_argument("--frames", type=int, default=4)
@@ -85,7 +98,11 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Build the tower and time every variant; returns the report."""
 
     on_cuda = args.device.startswith("cuda")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if on_cuda else torch.float32)
@@ -97,7 +114,7 @@ def main(argv=None) -> int:
     grid = torch.tensor([[1, side, side]] * args.frames, device=args.device)
     pixels = torch.randn(int(grid.prod(-1).sum()), config.num_channels * config.patch_size**2, device=args.device)
     pixels = pixels.to(dtype)
-    names = ("previous", "current", "fused_cast")
+    names = ("previous", "torch", "fused_cast") + (("triton",) if on_cuda and triton_installed() else ())
     timings = {name: [] for name in names}
     peaks, outputs = {}, {}
     with torch.inference_mode():
@@ -124,7 +141,12 @@ def main(argv=None) -> int:
         "peak_gib": peaks,
         "bit_equal_to_previous": {name: bool(torch.equal(outputs[name], outputs["previous"])) for name in names[1:]},
     }
-    emit_report(report, args.output)
+    return report
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    emit_report(measure(args), args.output)
     return 0
 
 

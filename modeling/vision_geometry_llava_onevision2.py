@@ -155,6 +155,21 @@ def rotate_with_tables(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Ten
     """Apply the 3-D rotary embedding to `x` of shape `(N, ..., head_dim)` (queries and keys stacked on a middle
     dimension rotate in one pass) with the `(N, head_dim)` float32 tables of `vision_rotary_tables`.
 
+    On CUDA without gradients one Triton kernel does it (`vision_rotary_kernel_llava_onevision2`, the same bits);
+    everywhere else `rotate_with_tables_in_torch`.
+    """
+    if x.is_cuda:
+        from .vision_rotary_kernel_llava_onevision2 import fused_rotation_or_none
+
+        rotated = fused_rotation_or_none(x, cos, signed_sin)
+        if rotated is not None:
+            return rotated
+    return rotate_with_tables_in_torch(x, cos, signed_sin)
+
+
+def rotate_with_tables_in_torch(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """`rotate_with_tables` in PyTorch operations (any device, dtype, and with gradients).
+
     The table is half-concatenated while the rotation pairs adjacent channels, so the two members of a pair use
     different angles. That is not a norm-preserving rotation, but it is what the released weights were trained with.
     The maths runs in float32 (float64 for a float64 model) and the result is cast back to `x.dtype`. Without
@@ -177,6 +192,7 @@ __all__ = [
     "block_layout_positions",
     "rotary_axis_sizes",
     "rotate_with_tables",
+    "rotate_with_tables_in_torch",
     "swap_pairs",
     "vision_rotary_angles",
     "vision_rotary_tables",
