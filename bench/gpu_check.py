@@ -9,7 +9,9 @@ What it measures, at the 8B shapes with random weights in bfloat16:
    when flash-attn is installed, the whole model's prefill logits;
 3. the vision tower with each way of applying its rotary embedding (`bench/rotary_bench.py`: the fused Triton
    kernel, the model's default on CUDA, against the PyTorch rotations), same bits, time and peak memory;
-4. our goals beside the upstream H200 figures (vision 216 ms, prefill 869 ms at 21.2 GiB, 33 ms/token).
+4. the DataLoader hand-off (`bench/handoff_bench.py`, issue 11): the toy model's training step fed by workers, with
+   and without `pin_memory`, and the time the loop waits for batches the workers have already made;
+5. our goals beside the upstream H200 figures (vision 216 ms, prefill 869 ms at 21.2 GiB, 33 ms/token).
 
 On the device (its image has torch 2.11 and transformers 5.17; transformers 5.25 and what it needs beyond the image
 travel as wheels, downloaded here for Python 3.12 / manylinux x86_64 with `pip download --no-deps --only-binary=:all:`):
@@ -41,6 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_time_ms, emit_report  # noqa: E402
+from handoff_bench import measure as handoff_measure  # noqa: E402
+from handoff_bench import parse_args as handoff_args  # noqa: E402
 from model_bench import build_model, run, visual_prompt  # noqa: E402
 from model_bench import parse_args as model_bench_args  # noqa: E402
 from rotary_bench import measure as rotary_measure  # noqa: E402
@@ -180,6 +184,8 @@ def main(argv=None) -> int:
     guarded(report, "flash", args.output, lambda: flash_parity(bench_args))
     rotary = ["--device", args.device, "--preset", args.preset, "--frames", str(args.frames), "--rounds", "2"]
     guarded(report, "rotary", args.output, lambda: rotary_measure(rotary_args(rotary)))
+    handoff = ["--device", args.device, "--steps", "40"]
+    guarded(report, "dataloader_handoff", args.output, lambda: handoff_measure(handoff_args(handoff)))
     if args.preset == "8b" and args.device.startswith("cuda") and "error" not in report["sdpa"]:
         report["goals"] = goals(report["sdpa"])
     report["seconds"] = round(time.perf_counter() - started, 1)
