@@ -9,7 +9,9 @@ batch's tensors moved into shared memory by the worker and mapped by the loop (a
 pinned memory by the DataLoader's own thread). The loop runs the toy model's training step (AdamW) on `--device`.
 
 Reported per setting (0 workers, `--workers` workers, and with `pin_memory` where the device is a GPU): ms per step,
-ms per step spent in `next(batches)`, their ratio, and the step on batches already in memory for reference. Needs
+ms per step spent in `next(batches)`, their ratio, and the step on batches already in memory for reference. The
+`_separate_tensors` settings hand each tensor over on its own, as before `MultimodalCollator` laid a worker's batch
+out in one shared buffer. Needs
 neither PyAV nor `datasets` (videos are frame arrays), so it runs on the device image as it is.
 
     python bench/handoff_bench.py                  # CPU (pin_memory needs a GPU)
@@ -71,6 +73,14 @@ def toy_samples(processor, count: int) -> list[dict]:
         sample["labels"] = sample["input_ids"].copy()
         samples.append(sample)
     return samples
+
+
+class SeparateTensorsCollator(MultimodalCollator):
+    """The collator as it was before batches left workers in one shared buffer: each tensor on its own."""
+
+    @staticmethod
+    def hand_over(batch: dict) -> dict:
+        return batch
 
 
 class ReadySamples(torch.utils.data.IterableDataset):
@@ -137,17 +147,25 @@ def measure(args: argparse.Namespace) -> dict:
     ready = [collator(samples[i : i + args.batch_size]) for i in range(0, len(samples), args.batch_size)]
     example = ready[0]
 
-    settings = {"ready_in_memory": None, "workers_0": (0, False), f"workers_{args.workers}": (args.workers, False)}
+    separate = SeparateTensorsCollator(processor.tokenizer.pad_token_id)
+    workers = args.workers
+    settings = {
+        "ready_in_memory": None,
+        "workers_0": (0, False, collator),
+        f"workers_{workers}": (workers, False, collator),
+        f"workers_{workers}_separate_tensors": (workers, False, separate),
+    }
     if args.device.startswith("cuda"):
-        settings[f"workers_{args.workers}_pin_memory"] = (args.workers, True)
+        settings[f"workers_{workers}_pin_memory"] = (workers, True, collator)
+        settings[f"workers_{workers}_pin_memory_separate_tensors"] = (workers, True, separate)
     results = {}
     for name, setting in settings.items():
         if setting is None:
             batches = itertools.cycle(ready)
         else:
-            workers, pin = setting
+            count, pin, collate = setting
             loader = torch.utils.data.DataLoader(
-                dataset, batch_size=args.batch_size, collate_fn=collator, num_workers=workers, pin_memory=pin
+                dataset, batch_size=args.batch_size, collate_fn=collate, num_workers=count, pin_memory=pin
             )
             batches = iter(loader)
         results[name] = train_steps(model, batches, args.steps, args.device)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from llava_onevision2.modeling import LlavaOnevision2ForConditionalGeneration
-from llava_onevision2.training.collator import MultimodalCollator, first_fit_rows
+from llava_onevision2.training.collator import MultimodalCollator, first_fit_rows, one_shared_buffer
 from llava_onevision2.training.data import (
     DataSource,
     SampleStats,
@@ -174,6 +174,52 @@ def test_packing_gives_the_unpacked_loss(processor, toy):
 
 def test_first_fit_rows():
     assert first_fit_rows([5, 4, 3, 2, 6], 8) == [[0, 2], [1, 3], [4]]
+
+
+def test_one_shared_buffer_keeps_every_value_in_one_aligned_shared_segment():
+    batch = {
+        "input_ids": torch.arange(14).view(2, 7),
+        "pixel_values": torch.randn(5, 3),
+        "flags": torch.tensor([True, False, True]),
+        "empty": torch.empty(0, 4),
+        "half": torch.randn(3, 2).to(torch.bfloat16),
+        "use_cache": False,
+    }
+    shared = one_shared_buffer(batch)
+    assert shared["use_cache"] is False
+    storages = set()
+    for key, tensor in batch.items():
+        if not torch.is_tensor(tensor):
+            continue
+        assert shared[key].dtype == tensor.dtype and torch.equal(shared[key], tensor), key
+        assert shared[key].is_shared() and shared[key].data_ptr() % 64 == 0, key
+        storages.add(shared[key].untyped_storage().data_ptr())
+    assert len(storages) == 1
+
+
+class IndexBatches(torch.utils.data.IterableDataset):
+    """Two samples per batch, each with an image row block, for collating in a worker."""
+
+    def __iter__(self):
+        for index in range(4):
+            yield {
+                "input_ids": np.full(3 + index, index),
+                "labels": np.full(3 + index, index),
+                "pixel_values": np.full((4, 6), float(index), dtype=np.float32),
+                "image_grid_thw": np.array([[1, 2, 2]]),
+            }
+
+
+def test_a_worker_hands_the_batch_over_as_one_buffer_with_the_values_built_in_process():
+    collator = MultimodalCollator(pad_token_id=0)
+    in_process = list(torch.utils.data.DataLoader(IndexBatches(), batch_size=2, collate_fn=collator))
+    from_worker = list(torch.utils.data.DataLoader(IndexBatches(), batch_size=2, collate_fn=collator, num_workers=1))
+    assert len(in_process) == len(from_worker) == 2
+    for here, there in zip(in_process, from_worker):
+        assert here.keys() == there.keys()
+        assert all(torch.equal(here[key], there[key]) for key in here)
+        assert len({there[key].untyped_storage().data_ptr() for key in there}) == 1
+        assert len({here[key].untyped_storage().data_ptr() for key in here}) == len(here)  # nothing to hand over
 
 
 def test_per_frame_pixel_budget_never_becomes_the_codec_canvas_budget(processor):
