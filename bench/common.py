@@ -44,6 +44,31 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed_training_steps(model, batches, steps: int, device: str = "cpu") -> tuple[float, float]:
+    """`steps` AdamW training steps over the iterator `batches` (ready in memory, or a live DataLoader) after one
+    warm-up step, each batch moved to `device`. Returns (seconds, seconds spent waiting in `next(batches)`)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step(batch):
+        moved = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+        model(**moved).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step(next(batches))
+    synchronize(device)
+    waiting = 0.0
+    start = time.perf_counter()
+    for _ in range(steps):
+        asked = time.perf_counter()
+        batch = next(batches)
+        waiting += time.perf_counter() - asked
+        step(batch)
+    synchronize(device)
+    return time.perf_counter() - start, waiting
+
+
 def best_time_ms(fn, device: str, repeats: int) -> float:
     """Best wall time of `repeats` calls after one warm-up, in milliseconds (CUDA work included)."""
     fn()

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit_report  # noqa: E402
+from common import emit_report, timed_training_steps  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,25 +141,7 @@ def samples_per_second(stream, collator, workers: int, batch_size: int, batches:
 def training_samples_per_second(model, batches, batch_size: int, steps: int) -> tuple[float, float]:
     """Training steps over `batches` (ready in memory, or a live DataLoader iterator); the first step is warm-up.
     Returns samples/s and the share of the time spent waiting for the next batch."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model.train()
-    batches = iter(batches)
-
-    def step(batch):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    step(next(batches))
-    waiting = 0.0
-    start = time.perf_counter()
-    for _ in range(steps):
-        asked = time.perf_counter()
-        batch = next(batches)
-        waiting += time.perf_counter() - asked
-        step(batch)
-    seconds = time.perf_counter() - start
+    seconds, waiting = timed_training_steps(model, iter(batches), steps)
     return steps * batch_size / seconds, waiting / seconds
 
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit_report, synchronize  # noqa: E402
+from common import emit_report, timed_training_steps  # noqa: E402
 
 from llava_onevision2.modeling import LlavaOnevision2ForConditionalGeneration  # noqa: E402
 from llava_onevision2.processing import LlavaOnevision2Processor  # noqa: E402
@@ -93,31 +92,9 @@ class ReadySamples(torch.utils.data.IterableDataset):
         return itertools.cycle(self.samples)
 
 
-def on_device(batch: dict, device: str) -> dict:
-    return {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
-
-
 def train_steps(model, batches, steps: int, device: str) -> dict:
     """`steps` training steps after one warm-up step; time per step and time waiting for `next(batches)`."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model.train()
-
-    def step(batch):
-        model(**on_device(batch, device)).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    step(next(batches))
-    synchronize(device)
-    waiting = 0.0
-    start = time.perf_counter()
-    for _ in range(steps):
-        asked = time.perf_counter()
-        batch = next(batches)
-        waiting += time.perf_counter() - asked
-        step(batch)
-    synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds, waiting = timed_training_steps(model, batches, steps, device)
     return {
         "ms_per_step": round(1000 * seconds / steps, 2),
         "ms_waiting_per_step": round(1000 * waiting / steps, 3),
