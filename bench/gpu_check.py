@@ -23,7 +23,9 @@ travel as wheels, downloaded here for Python 3.12 / manylinux x86_64 with `pip d
     python3 -m pip install -q --no-index --no-deps --no-compile --no-build-isolation --target /tmp/site .whl/*.whl . \\
         && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --output $OUT/gpu_check.json
 
-That run took 94 s on an H200 (2026-12-04, `bench/h200/`); the report is rewritten after each phase.
+That run took 94 s on an H200 (2026-12-04, `bench/h200/`, before the rotary and hand-off phases were added); the
+report is rewritten after each phase. `bench/gpu_lease.sh` runs the install, this check and the peer benchmark at the
+8B widths in one device call.
 
 `python bench/gpu_check.py --device cpu --preset tiny --frames 4` runs the same code paths on a CPU in seconds.
 """

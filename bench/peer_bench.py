@@ -165,6 +165,8 @@ def main(argv=None) -> None:
         for token in (action.option_strings[0], str(getattr(args, action.dest)))
     ]
     results = {}
+    shapes = {k: getattr(args, k) for k in ("vision_depth", "vision_width", "text_width", "text_layers", "attn")}
+    report = {"device": args.device, "torch": torch.__version__, "shapes": shapes, "results": results}
     for frames in (1, 16, 64):
         name = "image" if frames == 1 else f"{frames} frames"
         runs = {"ours": [], "qwen3_vl": []}
@@ -186,8 +188,9 @@ def main(argv=None) -> None:
             for key in ("prefill_ms", "decode_ms_per_token", "peak_gib")
         }
         results[name] = best
-    shapes = {k: getattr(args, k) for k in ("vision_depth", "vision_width", "text_width", "text_layers", "attn")}
-    emit_report({"device": args.device, "torch": torch.__version__, "shapes": shapes, "results": results}, args.output)
+        # written after every workload, so a run stopped at a time limit keeps the rows it finished
+        emit_report(report, args.output, quiet=True)
+    emit_report(report, args.output)
 
 
 if __name__ == "__main__":
