@@ -527,10 +527,14 @@ def residual_macroblock_scores(cost: np.ndarray, intra: np.ndarray | None) -> np
 
 def normalised_bits(bits: np.ndarray, percentile: float) -> np.ndarray:
     """Per-block bits (released or modeled) -> the release's per-frame transform: log1p, divided by the frame's
-    `percentile`, clipped to [0, 1], float32, on the bits' own grid."""
+    `percentile`, clipped to [0, 1], float32, on the bits' own grid. `bits` is one frame's grid or a stack of
+    equal-shape grids `[F, h, w]`, each normalised by its own percentile (one numpy call for the stack)."""
     logged = np.log1p(np.maximum(np.asarray(bits, dtype=np.float32), 0))
-    scale = max(float(np.percentile(logged, percentile)), 1e-6)
-    return np.clip(logged / np.float32(scale), 0.0, 1.0).astype(np.float32)
+    frames = logged.reshape(-1, *logged.shape[-2:])
+    scales = np.percentile(frames.reshape(len(frames), -1), percentile, axis=1)
+    # as the release: the percentile as a Python float, at least 1e-6, then a float32 divisor
+    scales = np.maximum(scales.astype(np.float64), 1e-6).astype(np.float32)
+    return np.clip(frames / scales[:, None, None], 0.0, 1.0).astype(np.float32).reshape(logged.shape)
 
 
 def nearest_source_indices(out_size: int, in_size: int) -> np.ndarray:
@@ -540,24 +544,55 @@ def nearest_source_indices(out_size: int, in_size: int) -> np.ndarray:
     return np.minimum(np.floor(np.arange(out_size) * step).astype(np.int64), in_size - 1)
 
 
+BLOCK_SCORE_CHUNK_ELEMENTS = (
+    1 << 15
+)  # float32 elements of widened rows scored at once: 128 KiB, under glibc's mmap threshold
+
+
 def block_scores(bits: np.ndarray, canvas_hw: tuple[int, int], percentile: float, patch: int, merge: int):
     """A frame's per-block scores, `[Hb * Wb]` float32 in block-raster order: its normalised bits resized to the
-    canvas (nearest neighbour), summed over each patch, then over merge x merge patches.
+    canvas (nearest neighbour), summed over each patch, then over merge x merge patches (`block_score_matrix`)."""
+    return block_score_matrix([bits], canvas_hw, percentile, patch, merge)[0]
+
+
+def block_score_matrix(
+    grids: list[np.ndarray], canvas_hw: tuple[int, int], percentile: float, patch: int, merge: int
+) -> np.ndarray:
+    """`block_scores` of every grid, `[len(grids), Hb * Wb]`; grids of one shape (a stream's usually all are) go
+    through numpy together, which spares a few hundred small calls per clip and changes no bit.
 
     Float32 sums of the same numbers differ in their last bits with the order they are added in, and grouping
     thresholds compare sums of these scores, so they are added in the release's order: the release sums a
     row-major canvas-size map, so each patch row's `patch` columns are summed pairwise (numpy's contiguous
     reduction) and the rows' sums are then added one after another. Rows of the resized map repeat their source
     row, so the column sums are taken once per source row and the canvas-size map is never built."""
-    normalised = normalised_bits(bits, percentile)
     rows_out, cols_out = canvas_hw[0] // patch, canvas_hw[1] // patch
-    rows = nearest_source_indices(canvas_hw[0], normalised.shape[0])[: rows_out * patch]
-    cols = nearest_source_indices(canvas_hw[1], normalised.shape[1])[: cols_out * patch]
+    scores = np.empty((len(grids), (rows_out // merge) * (cols_out // merge)), dtype=np.float32)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, grid in enumerate(grids):
+        by_shape.setdefault(np.shape(grid), []).append(index)
+    for (height, width), same_shape in by_shape.items():
+        rows = nearest_source_indices(canvas_hw[0], height)[: rows_out * patch]
+        cols = nearest_source_indices(canvas_hw[1], width)[: cols_out * patch]
+        # a few frames at a time: their temporaries stay in the cache and come from the heap, not from fresh mappings
+        chunk = max(1, BLOCK_SCORE_CHUNK_ELEMENTS // (height * len(cols) or 1))
+        for start in range(0, len(same_shape), chunk):
+            indices = same_shape[start : start + chunk]
+            scores[indices] = grid_block_scores([grids[i] for i in indices], rows, cols, percentile, patch, merge)
+    return scores
+
+
+def grid_block_scores(grids: list[np.ndarray], rows, cols, percentile: float, patch: int, merge: int) -> np.ndarray:
+    """`block_score_matrix` of equal-shape grids, given the canvas's source `rows` and `cols` (of `nearest_source_
+    indices`, whole patches only)."""
+    normalised = normalised_bits(np.stack(grids), percentile)  # [F, h, w]
+    frames, height = normalised.shape[:2]
+    rows_out, cols_out = len(rows) // patch, len(cols) // patch
     # contiguous: column-indexing leaves a column-major array, whose reduction would run down columns instead
-    widened = np.ascontiguousarray(normalised[:, cols])
-    row_sums = widened.reshape(len(normalised), cols_out, patch).sum(axis=2)
-    patches = row_sums[rows].reshape(rows_out, patch, cols_out).sum(axis=1)
-    return cell_sums(patches, merge).astype(np.float32).reshape(-1)
+    widened = np.ascontiguousarray(normalised[:, :, cols])
+    row_sums = widened.reshape(frames, height, cols_out, patch).sum(axis=3)
+    patches = row_sums[:, rows].reshape(frames, rows_out, patch, cols_out).sum(axis=2)
+    return np.stack([cell_sums(frame, merge) for frame in patches]).reshape(frames, -1)
 
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -1597,14 +1632,16 @@ def select_and_pack(
     blocks_per_canvas = blocks_hw[0] * blocks_hw[1]
     if config.score_source == "framediff" and not index.packet_bytes.any():
         warnings.append("the stream reports no packet sizes; score maps are not scaled to frame bits")
-    block_matrix = np.stack(
-        [
-            block_scores(cell_maps[i], canvas_hw, config.score_percentile, config.patch, config.merge)
-            if i in cell_maps
-            else np.zeros(blocks_per_canvas, dtype=np.float32)
-            for i in candidate_ids
-        ]
-    )
+    block_matrix = np.zeros((len(candidate_ids), blocks_per_canvas), dtype=np.float32)
+    scored = [row for row, i in enumerate(candidate_ids) if i in cell_maps]
+    if scored:
+        block_matrix[scored] = block_score_matrix(
+            [cell_maps[candidate_ids[row]] for row in scored],
+            canvas_hw,
+            config.score_percentile,
+            config.patch,
+            config.merge,
+        )
     bad = np.array([is_bad_frame(frame, bgr) for frame in candidate_frames])
     budget = (config.images_per_group - 1) * blocks_per_canvas
     chosen = []  # (start, end, stop reason, anchor, selected) of each group with a usable frame

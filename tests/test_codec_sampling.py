@@ -22,6 +22,7 @@ from llava_onevision2.processing.codec_sampling_llava_onevision2 import (
     SKIP_BASE_BITS,
     CanvasConverter,
     CodecSamplingConfig,
+    block_score_matrix,
     block_scores,
     canvas_size,
     channel_sums,
@@ -511,6 +512,22 @@ def test_block_scores_are_the_released_float32_sums_bit_for_bit():
         by_columns = column_major.reshape(h, 14, w, 14).sum(axis=(1, 3)).reshape(h // 2, 2, w // 2, 2).sum((1, 3))
         differs_by_order += not np.array_equal(by_columns.reshape(-1), expected)
     assert differs_by_order > 100
+
+
+def test_block_score_matrix_scores_each_grid_as_alone_with_the_released_sums():
+    """Grids of one shape are normalised (each by its own percentile) and summed together; mixed shapes, grids with
+    all zeros and grids whose percentile is zero give, row by row, the released arithmetic of each grid alone."""
+    grids = [bits for bits, _ in random_bit_grids(60, seed=2)]
+    shapes = [(9, 11), (40, 70), (1, 3)]
+    same_shape = [np.resize(bits, shapes[i % 3]).astype(np.float32) for i, bits in enumerate(grids)]
+    same_shape[3][:] = 0
+    same_shape[4][:] = 0
+    same_shape[4][0, 0] = 50  # percentile 0: the 1e-6 floor
+    for canvas_hw in ((280, 392), (56, 28)):
+        matrix = block_score_matrix(same_shape, canvas_hw, 99.0, 14, 2)
+        assert matrix.shape == (len(same_shape), (canvas_hw[0] // 28) * (canvas_hw[1] // 28))
+        for row, bits in zip(matrix, same_shape):
+            np.testing.assert_array_equal(row, released_order_block_scores(bits, canvas_hw, 99.0))
 
 
 def test_block_scores_equal_the_released_selector_where_it_is_installed():
