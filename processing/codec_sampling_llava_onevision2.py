@@ -49,6 +49,7 @@ image-only users.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -683,10 +684,20 @@ def readiness(block_matrix: np.ndarray, start: int, end: int, budget: int, bins:
 def time_bins(positions: np.ndarray, length: int, bins: int) -> list[int]:
     """The coverage bin of each relative position 1..length-1, as released: bin edges are linspace(1, length,
     bins + 1) truncated to integers, each bin [edge, next edge) (widened to one frame when empty), the first bin that
-    holds a position wins."""
-    edges = np.linspace(1, max(2, length), bins + 1).astype(np.int32)
-    spans = [(int(edges[b]), max(int(edges[b + 1]), int(edges[b]) + 1)) for b in range(bins)]
-    return [next((b for b, (low, high) in enumerate(spans) if low <= p < high), -1) for p in positions.tolist()]
+    holds a position wins (-1: none)."""
+    low, high = bin_spans(length, bins)
+    positions = np.asarray(positions)[:, None]
+    inside = (low <= positions) & (positions < high)
+    return np.where(inside.any(axis=1), inside.argmax(axis=1), -1).tolist()
+
+
+@functools.lru_cache(maxsize=256)
+def bin_spans(length: int, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """`time_bins`' bin bounds `[low, high)` for a group of `length` frames (readiness asks for the same few lengths
+    hundreds of times per video)."""
+    edges = np.linspace(1, max(2, length), bins + 1).astype(np.int32).astype(np.int64)
+    low = edges[:-1]
+    return low, np.maximum(edges[1:], low + 1)
 
 
 def readiness_threshold(block_matrix: np.ndarray, config: CodecSamplingConfig, budget: int) -> float:

@@ -465,6 +465,14 @@ def test_readiness_coverage_bins_and_candidate_count_follow_the_release():
     assert time_bins(np.arange(1, 17), 17, 3) == [0] * 5 + [1] * 5 + [2] * 6
     # a 3-frame group: edges 1, 1, 2, 3; the empty first bin widens to [1, 2) and takes position 1 first
     assert time_bins(np.array([1, 2]), 3, 3) == [0, 2]
+    # every group length and bin count against the rule spelled out position by position
+    for length in range(1, 70):
+        for bins in (1, 2, 3, 5, 8, 13):
+            edges = [int(e) for e in np.linspace(1, max(2, length), bins + 1).astype(np.int32)]
+            spans = [(edges[b], max(edges[b + 1], edges[b] + 1)) for b in range(bins)]
+            positions = np.arange(0, length + 2)
+            expected = [next((b for b, (lo, hi) in enumerate(spans) if lo <= p < hi), -1) for p in positions]
+            assert time_bins(positions, length, bins) == expected, (length, bins)
     # more candidates wanted than non-keyframes exist: keyframes come back so the count (and the windows the
     # readiness threshold averages over) stays what was asked for
     keyframe = np.zeros(10, dtype=bool)
