@@ -11,8 +11,8 @@ pinned memory by the DataLoader's own thread). The loop runs the toy model's tra
 Reported per setting (0 workers, `--workers` workers, and with `pin_memory` where the device is a GPU): ms per step,
 ms per step spent in `next(batches)`, their ratio, and the step on batches already in memory for reference. The
 `_separate_tensors` settings hand each tensor over on its own, as before `MultimodalCollator` laid a worker's batch
-out in one shared buffer. Needs
-neither PyAV nor `datasets` (videos are frame arrays), so it runs on the device image as it is.
+out in one shared buffer. Needs neither PyAV nor `datasets` (videos are frame arrays), so it runs on the device
+image as it is.
 
     python bench/handoff_bench.py                  # CPU (pin_memory needs a GPU)
     python bench/handoff_bench.py --device cuda    # issue 11's GPU question
@@ -114,7 +114,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def measure(args: argparse.Namespace) -> dict:
     """Build the toy model and batches, then time the training steps fed each way; returns the report."""
-
     torch.manual_seed(0)
     processor = toy_processor()
     model = LlavaOnevision2ForConditionalGeneration.from_pretrained(TOY_MODEL).to(args.device)
