@@ -7,7 +7,9 @@
   and wherever gradients flow;
 - `fused_cast`: as `torch`, but the final sum is written straight into the output dtype (inference only);
 - `triton` (CUDA with triton installed): `rotate_with_tables_in_triton`, one kernel, the model's inference default
-  there.
+  there;
+- `compiled` (CUDA with triton installed): `torch.compile` of the PyTorch rotation, the kernel inductor writes for
+  it (for comparison; inductor may contract the products into fused multiply-adds, so its bits may differ).
 
 All give the same bits (checked here on the whole tower's output). Reported: vision ms (best of the rounds), peak
 memory per variant, and `previous / variant` ratios.
@@ -19,6 +21,7 @@ memory per variant, and `previous / variant` ratios.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import sys
 from contextlib import contextmanager
@@ -71,6 +74,11 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.cache
+def compiled_rotation():
+    return torch.compile(rotate_with_tables_in_torch, fullgraph=True, dynamic=False)
+
+
 @contextmanager
 def variant(name: str):
     attention = modeling.LlavaOnevision2VisionAttention
@@ -85,6 +93,8 @@ def variant(name: str):
             modeling.rotate_with_tables = fused_cast_rotation
         elif name == "triton":
             modeling.rotate_with_tables = rotate_with_tables_in_triton
+        elif name == "compiled":
+            modeling.rotate_with_tables = compiled_rotation()
         yield
     finally:
         attention.forward, modeling.vision_rotary_tables, modeling.rotate_with_tables = saved
@@ -114,7 +124,7 @@ def measure(args: argparse.Namespace) -> dict:
     grid = torch.tensor([[1, side, side]] * args.frames, device=args.device)
     pixels = torch.randn(int(grid.prod(-1).sum()), config.num_channels * config.patch_size**2, device=args.device)
     pixels = pixels.to(dtype)
-    names = ("previous", "torch", "fused_cast") + (("triton",) if on_cuda and triton_installed() else ())
+    names = ("previous", "torch", "fused_cast") + (("triton", "compiled") if on_cuda and triton_installed() else ())
     timings = {name: [] for name in names}
     peaks, outputs = {}, {}
     with torch.inference_mode():
