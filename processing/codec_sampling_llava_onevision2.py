@@ -545,9 +545,8 @@ def nearest_source_indices(out_size: int, in_size: int) -> np.ndarray:
     return np.minimum(np.floor(np.arange(out_size) * step).astype(np.int64), in_size - 1)
 
 
-BLOCK_SCORE_CHUNK_ELEMENTS = (
-    1 << 15
-)  # float32 elements of widened rows scored at once: 128 KiB, under glibc's mmap threshold
+# float32 elements of widened rows scored at once: 128 KiB, under glibc's mmap threshold
+BLOCK_SCORE_CHUNK_ELEMENTS = 1 << 15
 
 
 def block_scores(bits: np.ndarray, canvas_hw: tuple[int, int], percentile: float, patch: int, merge: int):
@@ -584,8 +583,8 @@ def block_score_matrix(
 
 
 def grid_block_scores(grids: list[np.ndarray], rows, cols, percentile: float, patch: int, merge: int) -> np.ndarray:
-    """`block_score_matrix` of equal-shape grids, given the canvas's source `rows` and `cols` (of `nearest_source_
-    indices`, whole patches only)."""
+    """`block_score_matrix` of equal-shape grids, given the canvas's source `rows` and `cols` (from
+    `nearest_source_indices`, cut to whole patches)."""
     normalised = normalised_bits(np.stack(grids), percentile)  # [F, h, w]
     frames, height = normalised.shape[:2]
     rows_out, cols_out = len(rows) // patch, len(cols) // patch

@@ -481,9 +481,12 @@ def test_readiness_coverage_bins_and_candidate_count_follow_the_release():
 
 
 def released_order_block_scores(bits, canvas_hw, percentile, patch=14, merge=2):
-    """The release's arithmetic, spelled out: a row-major canvas-size map (nearest neighbour), summed over
-    (patch, patch) cells and then over (merge, merge) patches in one numpy reduction each, float32 throughout."""
-    normalised = normalised_bits(bits, percentile)
+    """The release's arithmetic, spelled out: log1p of the bits over the frame's percentile (a Python float, at
+    least 1e-6), clipped; a row-major canvas-size map (nearest neighbour), summed over (patch, patch) cells and then
+    over (merge, merge) patches in one numpy reduction each, float32 throughout."""
+    logged = np.log1p(np.maximum(bits.astype(np.float32), 0))
+    scale = max(float(np.percentile(logged, percentile)), 1e-6)
+    normalised = np.clip(logged / np.float32(scale), 0.0, 1.0).astype(np.float32)
     rows = nearest_source_indices(canvas_hw[0], normalised.shape[0])
     cols = nearest_source_indices(canvas_hw[1], normalised.shape[1])
     canvas_map = np.ascontiguousarray(normalised[rows][:, cols])
@@ -525,16 +528,15 @@ def test_block_scores_are_the_released_float32_sums_bit_for_bit():
 def test_block_score_matrix_scores_each_grid_as_alone_with_the_released_sums():
     """Grids of one shape are normalised (each by its own percentile) and summed together; mixed shapes, grids with
     all zeros and grids whose percentile is zero give, row by row, the released arithmetic of each grid alone."""
-    grids = [bits for bits, _ in random_bit_grids(60, seed=2)]
     shapes = [(9, 11), (40, 70), (1, 3)]
-    same_shape = [np.resize(bits, shapes[i % 3]).astype(np.float32) for i, bits in enumerate(grids)]
-    same_shape[3][:] = 0
-    same_shape[4][:] = 0
-    same_shape[4][0, 0] = 50  # percentile 0: the 1e-6 floor
-    for canvas_hw in ((280, 392), (56, 28)):
-        matrix = block_score_matrix(same_shape, canvas_hw, 99.0, 14, 2)
-        assert matrix.shape == (len(same_shape), (canvas_hw[0] // 28) * (canvas_hw[1] // 28))
-        for row, bits in zip(matrix, same_shape):
+    grids = [np.resize(bits, shapes[i % 3]).astype(np.float32) for i, (bits, _) in enumerate(random_bit_grids(60, 2))]
+    grids[3][:] = 0
+    grids[4][:] = 0
+    grids[4][0, 0] = 2e-5  # a 40x70 grid whose 99th percentile is 0: this one block scores through the 1e-6 floor
+    for canvas_hw in ((280, 392), (56, 28)):  # several chunks per shape at the larger canvas
+        matrix = block_score_matrix(grids, canvas_hw, 99.0, 14, 2)
+        assert matrix.shape == (len(grids), (canvas_hw[0] // 28) * (canvas_hw[1] // 28))
+        for row, bits in zip(matrix, grids):
             np.testing.assert_array_equal(row, released_order_block_scores(bits, canvas_hw, 99.0))
 
 
