@@ -18,6 +18,8 @@ import threading
 
 import numpy as np
 
+from .order_statistics_llava_onevision2 import distinct_small_integers
+
 RESIDUAL_CODECS = ("h264",)  # decoders that export vectors AND predict with the interpolation below
 DECODER_OPTIONS = {"flags2": "+export_mvs", "skip_loop_filter": "all"}
 PAST_CANDIDATES = 3  # earlier reference pictures tried (x264 keeps 3 by default)
@@ -192,7 +194,7 @@ def motion_fields(vectors: np.ndarray | None, cells_hw: tuple[int, int]) -> dict
         covered = np.zeros(cells_hw, dtype=bool)
         rows = vectors[np.sign(vectors["source"]) == direction] if vectors is not None else []
         block_sizes = rows["w"].astype(np.int32) * 256 + rows["h"] if len(rows) else np.empty(0, dtype=np.int32)
-        for size in np.unique(block_sizes):
+        for size in distinct_small_integers(block_sizes):
             block_w, block_h = int(size) // 256, int(size) % 256
             same = rows[block_sizes == size]
             scale = np.maximum(same["motion_scale"].astype(np.int32), 1)

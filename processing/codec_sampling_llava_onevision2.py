@@ -75,6 +75,7 @@ from .codec_segments_llava_onevision2 import (
     segment_processes,
 )
 from .mp4_index_llava_onevision2 import read_mp4_video
+from .order_statistics_llava_onevision2 import distinct_small_integers, linear_percentile
 from .resize_rule_llava_onevision2 import smart_resize
 from .video_decoding_llava_onevision2 import (
     DecodeStats,
@@ -295,6 +296,14 @@ def uniform_candidate_ids(timestamps: np.ndarray, count: int) -> list[int]:
     return sorted(set(np.clip(ids, 0, len(timestamps) - 1).tolist()))
 
 
+def frame_mask(ids: list[int], total: int) -> np.ndarray:
+    """A boolean mask over `total` frames, true at `ids` (set differences without `np.setdiff1d`, whose
+    `np.unique` imports numpy.ma)."""
+    mask = np.zeros(total, dtype=bool)
+    mask[np.asarray(ids, dtype=np.int64)] = True
+    return mask
+
+
 def move_off_keyframes(ids: list[int], keyframe: np.ndarray) -> list[int]:
     """Replace keyframe candidates by the nearest non-keyframe within 4 frames (+d before -d), then refill to the
     original count with the unused non-keyframes nearest to the kept ids (ties: nearer frame `total // 2`, then
@@ -315,7 +324,7 @@ def move_off_keyframes(ids: list[int], keyframe: np.ndarray) -> list[int]:
     missing = len(ids) - len(kept)
     if missing > 0:
         kept_array = np.asarray(kept)
-        spare = np.setdiff1d(np.flatnonzero(~keyframe), kept_array)
+        spare = np.flatnonzero(~keyframe & ~frame_mask(kept, total))
         if len(spare):
             slot = np.clip(np.searchsorted(kept_array, spare), 1, len(kept_array) - 1) if len(kept_array) > 1 else None
             if slot is None:
@@ -328,7 +337,7 @@ def move_off_keyframes(ids: list[int], keyframe: np.ndarray) -> list[int]:
     if missing > 0:
         # Too few non-keyframes (a clip shorter than the candidate count): as released, the count is kept by taking
         # keyframes back in frame order. The count matters beyond these frames: it sets the readiness windows.
-        unused = np.setdiff1d(np.arange(total), np.asarray(kept, dtype=int))
+        unused = np.flatnonzero(~frame_mask(kept, total))
         kept = sorted(kept + unused[:missing].tolist())
     return kept
 
@@ -522,17 +531,17 @@ def residual_macroblock_scores(cost: np.ndarray, intra: np.ndarray | None) -> np
     scores = released_macroblock_layout(np.where(intra, 0.0, cells))
     intra_macroblocks = released_macroblock_layout(intra.astype(np.float64)) > 0
     coded = (scores > 0) & ~intra_macroblocks
-    scores[intra_macroblocks] = np.percentile(scores[coded], INTRA_PERCENTILE) if coded.any() else 1.0
+    scores[intra_macroblocks] = linear_percentile(scores[coded], INTRA_PERCENTILE) if coded.any() else 1.0
     return scores
 
 
 def normalised_bits(bits: np.ndarray, percentile: float) -> np.ndarray:
     """Per-block bits (released or modeled) -> the release's per-frame transform: log1p, divided by the frame's
     `percentile`, clipped to [0, 1], float32, on the bits' own grid. `bits` is one frame's grid or a stack of
-    equal-shape grids `[F, h, w]`, each normalised by its own percentile (one numpy call for the stack)."""
+    equal-shape grids `[F, h, w]`, each normalised by its own percentile (one call for the stack)."""
     logged = np.log1p(np.maximum(np.asarray(bits, dtype=np.float32), 0))
     frames = logged.reshape(-1, *logged.shape[-2:])
-    scales = np.percentile(frames.reshape(len(frames), -1), percentile, axis=1)
+    scales = linear_percentile(frames.reshape(len(frames), -1), percentile)
     # as the release: the percentile as a Python float, at least 1e-6, then a float32 divisor
     scales = np.maximum(scales.astype(np.float64), 1e-6).astype(np.float32)
     return np.clip(frames / scales[:, None, None], 0.0, 1.0).astype(np.float32).reshape(logged.shape)
@@ -676,7 +685,7 @@ def readiness(block_matrix: np.ndarray, start: int, end: int, budget: int, bins:
     take = min(budget, flat.size)
     chosen = np.argpartition(-flat, take - 1)[:take] if take < flat.size else np.arange(flat.size)
     total = float(flat[chosen].sum())
-    frames = np.unique(chosen // candidates.shape[1]) + 1  # relative positions 1..len-1
+    frames = distinct_small_integers(chosen // candidates.shape[1]) + 1  # relative positions 1..len-1
     return total, len(set(time_bins(frames, end - start, bins)))
 
 
@@ -800,7 +809,7 @@ def pack_group(
     canvas_index, slot_in_canvas = np.divmod(np.arange(len(offsets)), per_canvas)
     slot_rows, slot_cols = np.divmod(slot_in_canvas, cols)
     block_rows, block_cols = np.divmod(blocks, cols)
-    for offset in np.unique(offsets):
+    for offset in distinct_small_integers(offsets):
         mine = offsets == offset
         picture = frames[offset][: rows * block_px, : cols * block_px]
         source = picture.reshape(rows, block_px, cols, block_px, 3).transpose(0, 2, 1, 3, 4)

@@ -25,6 +25,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from .order_statistics_llava_onevision2 import median
+
 
 def load_av():
     """PyAV, imported on first use so that image-only users never need it. (Inside `try` on purpose: transformers'
@@ -131,7 +133,7 @@ class VideoStreamIndex:
         its own and takes the stream's declared rate (zero when it declares none)."""
         if self.num_frames < 2:
             return 1.0 / self.average_rate if self.average_rate else 0.0
-        return float(np.median(np.diff(self.timestamps)))
+        return median(np.diff(self.timestamps))
 
     @property
     def duration(self) -> float:
@@ -293,7 +295,7 @@ def is_constant_rate(timestamps: np.ndarray, tolerance: float = 0.01) -> bool:
     if len(timestamps) < 3:
         return True
     spacing = np.diff(timestamps)
-    return float(np.ptp(spacing)) <= tolerance * float(np.median(spacing))
+    return float(np.ptp(spacing)) <= tolerance * median(spacing)
 
 
 def sample_frame_indices(
