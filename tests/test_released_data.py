@@ -306,6 +306,30 @@ def test_reader_stats_survive_the_trip_through_their_file(tmp_path):
     assert total.used == 2 and total.dropped["malformed record"] == 4 and total.sample_ids == ["a#0", "a#0"]
 
 
+def test_recorded_ids_are_appended_beside_counts_that_stay_small(tmp_path):
+    """An audited run writes each id once: the counts file does not grow with the samples, the ids file grows by
+    one line per sample, and stats cleared before training start their ids file afresh."""
+    path = str(tmp_path / "reader.json")
+    stats = SampleStats(sample_ids=[], path=path)
+    stats.use("warm-up#0", retried=False)
+    stats.clear()
+    sizes = []
+    for index in range(300):
+        stats.use(f'source "{index % 3}"#{index}', retried=False)
+        sizes.append((os.path.getsize(path), os.path.getsize(SampleStats.ids_path(path))))
+    assert sizes[-1][0] == sizes[99][0] < 200  # counts only: from 100 used to 300, the same three digits
+    assert all(later[1] > earlier[1] for earlier, later in zip(sizes, sizes[1:]))
+    with open(SampleStats.ids_path(path)) as handle:
+        assert len(handle.readlines()) == 300  # appended, not rewritten: no warm-up id, no repeats
+    loaded = SampleStats.load(path)
+    assert loaded.used == 300 and loaded.sample_ids == [f'source "{i % 3}"#{i}' for i in range(300)]
+    assert SampleStats.load(str(tmp_path / "reader.json")).sample_ids == stats.sample_ids
+    unaudited = SampleStats(path=str(tmp_path / "plain.json"))
+    unaudited.use("x#1", retried=False)
+    assert SampleStats.load(unaudited.path).sample_ids is None
+    assert not os.path.exists(SampleStats.ids_path(unaudited.path))
+
+
 # -- the training stream --------------------------------------------------------------------------------------------
 
 

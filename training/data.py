@@ -62,7 +62,10 @@ MEDIA_KINDS = ("image", "video")
 @dataclass
 class SampleStats:
     """Counts of used and dropped samples, by reason (printed at the end of a run). With `path` set, every change is
-    written there, so counts made in DataLoader worker processes reach the end-of-run report."""
+    written there, so counts made in DataLoader worker processes reach the end-of-run report. Recorded sample ids
+    go to a file of their own beside it (`ids_path`), one JSON string per line, appended as samples are used: the
+    counts file stays a few hundred bytes, where rewriting every id with every sample would cost a long audited run
+    time and disk writes that grow with the square of its length."""
 
     used: int = 0
     retried_smaller: int = 0
@@ -70,6 +73,11 @@ class SampleStats:
     examples: dict = field(default_factory=dict)
     sample_ids: list | None = None  # the used samples' ids, in order, when asked for (`data.record_sample_ids`)
     path: str | None = field(default=None, repr=False)
+    ids_written: int = field(default=0, repr=False)  # how many of `sample_ids` the ids file holds
+
+    @staticmethod
+    def ids_path(path: str) -> str:
+        return f"{path}.ids"
 
     def use(self, sample_id: str, retried: bool) -> None:
         self.used += 1
@@ -87,17 +95,26 @@ class SampleStats:
     def save(self) -> None:
         if self.path is None:
             return
+        if self.sample_ids is not None:
+            self.append_new_ids()
         values = {
             "used": self.used,
             "retried_smaller": self.retried_smaller,
             "dropped": dict(self.dropped),  # asdict would rebuild the Counter from (key, value) pairs
             "examples": self.examples,
-            "sample_ids": self.sample_ids,
+            "records_ids": self.sample_ids is not None,
         }
         temporary = f"{self.path}.tmp"
         with open(temporary, "w") as handle:
             json.dump(values, handle)
         os.replace(temporary, self.path)  # a reader never sees half a file
+
+    def append_new_ids(self) -> None:
+        """Append the ids used since the last save; the first save of these stats (or of them cleared) starts the
+        file afresh. Written before the counts, so a process killed in between leaves one id more than `used`."""
+        with open(self.ids_path(self.path), "a" if self.ids_written else "w") as handle:
+            handle.writelines(json.dumps(sample_id) + "\n" for sample_id in self.sample_ids[self.ids_written :])
+        self.ids_written = len(self.sample_ids)
 
     def clear(self) -> None:
         """Back to no samples (in place: holders of this object see the reset)."""
@@ -105,6 +122,7 @@ class SampleStats:
         self.dropped, self.examples = Counter(), {}
         if self.sample_ids is not None:
             self.sample_ids = []
+        self.ids_written = 0
 
     def merge(self, other: SampleStats) -> None:
         self.used += other.used
@@ -120,7 +138,11 @@ class SampleStats:
         with open(path) as handle:
             values = json.load(handle)
         values["dropped"] = Counter(values["dropped"])
-        return cls(**values)
+        sample_ids = None
+        if values.pop("records_ids", False):
+            with open(cls.ids_path(path)) as handle:
+                sample_ids = [json.loads(line) for line in handle if line.strip()]
+        return cls(**values, sample_ids=sample_ids)
 
     def summary(self) -> str:
         if not self.dropped:
@@ -621,7 +643,7 @@ class TrainingStream:
         if self.stats_dir is None:
             return
         rank, _ = distributed_position()
-        for path in glob.glob(os.path.join(self.stats_dir, f"rank{rank:03d}-*.json")):
+        for path in glob.glob(os.path.join(self.stats_dir, f"rank{rank:03d}-*.json*")):  # counts, ids, temporaries
             os.remove(path)
 
     def as_dataset(self):
