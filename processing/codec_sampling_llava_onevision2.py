@@ -105,7 +105,32 @@ def bitcost_reader():
         from codec_video_prep import cv_reader_fast
     except ImportError:
         return None
+    quiet_bundled_ffmpeg(os.path.dirname(os.path.dirname(os.path.abspath(cv_reader_fast.__file__))))
     return cv_reader_fast
+
+
+AV_LOG_ERROR = 16  # FFmpeg's log level that keeps errors and drops warnings
+
+
+@functools.cache
+def quiet_bundled_ffmpeg(site_packages: str) -> None:
+    """Keep the released reader's own FFmpeg libraries (bundled in its wheel, apart from PyAV's) to errors. Its scaler
+    warns "deprecated pixel format used" once per decoded frame of full-range H.264 (yuvj420p, as many Android
+    phones record), about pictures it converts correctly: one line per frame, thousands for a long video. Only the
+    copies of libavutil that are already loaded are touched (RTLD_NOLOAD); PyAV's FFmpeg keeps its own level."""
+    import ctypes
+    import glob
+
+    no_load = getattr(os, "RTLD_NOLOAD", None)
+    if no_load is None:  # not a POSIX dynamic loader (the released wheels are Linux builds)
+        return
+    patterns = ("codec_video_prep/libs/libavutil*.so*", "codec_video_prep.libs/libavutil*.so*")
+    for library in sorted(path for pattern in patterns for path in glob.glob(os.path.join(site_packages, pattern))):
+        try:
+            loaded = ctypes.CDLL(library, mode=no_load | os.RTLD_LAZY)
+        except OSError:  # not this process's copy (a symlink name or an unused build)
+            continue
+        loaded.av_log_set_level(AV_LOG_ERROR)
 
 
 def released_cache_root() -> str:

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from synthetic_media import encode_moving_box, encode_video, rotate_mp4
+from synthetic_media import encode_moving_box, encode_video, rotate_mp4, synthetic_frame
 
 from conftest import tiny_config, tiny_tokenizer
 from llava_onevision2.modeling import LlavaOnevision2ForConditionalGeneration
@@ -570,6 +570,35 @@ def test_groups_and_canvas_counts_match_the_released_tool_on_real_clips(clip):
     sample = sample_codec_video(path, CodecSamplingConfig(cache_root=None, score_source="bitcost"))
     assert [(g["first_frame"], g["last_frame"]) for g in sample.groups] == RELEASED_GROUPS[clip]
     assert len(sample.canvases) == 4 * len(RELEASED_GROUPS[clip])
+
+
+def encode_full_range_h264(path: str, frames: int = 40) -> None:
+    """H.264 flagged full range, as many Android phones record it: FFmpeg decodes it as yuvj420p."""
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuvj420p"
+        stream.options = {"x264-params": "fullrange=on"}
+        for index in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(synthetic_frame(index, 160, 96), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_released_reader_does_not_flood_stderr_on_full_range_video(tmp_path, capfd):
+    """The released reader's bundled scaler warned once per decoded frame of full-range H.264 (40 lines here, one
+    per frame of any phone clip); its FFmpeg is kept to errors."""
+    pytest.importorskip("codec_video_prep.cv_reader_fast", reason="codec-video-prep (optional) is not installed")
+    path = str(tmp_path / "full_range.mp4")
+    encode_full_range_h264(path)
+    with av.open(path) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuvj420p"
+    capfd.readouterr()
+    sample = sample_codec_video(
+        path, CodecSamplingConfig(cache_root=None, score_source="bitcost", max_pixels=160 * 96)
+    )
+    assert sample.report["score_source"] == "bitcost" and len(sample.canvases)
+    assert "deprecated pixel format" not in capfd.readouterr().err
 
 
 def test_visualization_png(moving, tmp_path):
