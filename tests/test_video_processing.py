@@ -347,3 +347,76 @@ def test_codec_refuses_frame_settings_it_would_ignore():
         LlavaOnevision2VideoProcessor(**SMALL)(encode_video(num_frames=12), video_backend="codec", do_resize=False)
     with pytest.raises(ValueError, match=r"video_backend='frames' does not read \['codec_config'\]"):
         LlavaOnevision2VideoProcessor(**SMALL)(encode_video(num_frames=12), codec_config={"target_canvas": 4})
+
+
+# Luma and chroma coefficients (Kr, Kb) of the two matrices phone and camera video is tagged with.
+KR_KB = {"bt709": (0.2126, 0.0722), "bt470bg": (0.299, 0.114)}
+
+
+def expected_rgb(y: float, u: float, v: float, full_range: bool, matrix: str) -> np.ndarray:
+    """RGB of one 8-bit YCbCr sample by the matrix and range's definition."""
+    kr, kb = KR_KB[matrix]
+    luma, cb, cr = (
+        (y, u - 128, v - 128) if full_range else ((y - 16) * 255 / 219, (u - 128) * 255 / 224, (v - 128) * 255 / 224)
+    )
+    red = luma + 2 * (1 - kr) * cr
+    blue = luma + 2 * (1 - kb) * cb
+    green = (luma - kr * red - kb * blue) / (1 - kr - kb)
+    return np.clip([red, green, blue], 0, 255)
+
+
+def encode_tagged_bars(path: str, codec: str, pix_fmt: str, full_range: bool, matrix: str, frames: int = 3):
+    """Three flat bars of known YCbCr (grey; a warm colour; a cool colour), with the colour tags phones write."""
+    width, height, scale = 192, 64, (4 if "10" in pix_fmt else 1)
+    bars = [(128, 128, 128), (200, 128, 200), (90, 190, 100)]
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if codec == "libx265":
+            stream.options = {
+                "x265-params": f"log-level=error:range={'full' if full_range else 'limited'}:colormatrix={matrix}"
+            }
+        else:
+            stream.options = {"x264-params": f"fullrange={'on' if full_range else 'off'}:colormatrix={matrix}"}
+        dtype = np.uint16 if scale > 1 else np.uint8
+        for _ in range(frames):
+            frame = av.VideoFrame(width, height, pix_fmt)
+            for component, plane in enumerate(frame.planes):  # Y, then Cb and Cr at half size
+                sub = 1 if component == 0 else 2
+                rows = np.frombuffer(plane, dtype=dtype).reshape(-1, plane.line_size // np.dtype(dtype).itemsize)
+                for bar, values in enumerate(bars):
+                    rows[: height // sub, bar * width // 3 // sub : (bar + 1) * width // 3 // sub] = (
+                        values[component] * scale
+                    )
+            frame.color_range = 2 if full_range else 1
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return bars
+
+
+@pytest.mark.parametrize(
+    "codec, pix_fmt, full_range, matrix",
+    [
+        ("libx264", "yuv420p", False, "bt709"),  # HD phone and camera video
+        ("libx264", "yuv420p", True, "bt470bg"),  # full-range H.264 as Android phones record it (yuvj420p)
+        ("libx265", "yuv420p10le", True, "bt709"),  # 10-bit full-range HEVC: the range is a tag, not a pixel format
+        ("libx265", "yuv420p", False, "bt709"),
+    ],
+)
+def test_pixels_follow_the_streams_colour_tags(tmp_path, codec, pix_fmt, full_range, matrix):
+    """Frames and codec canvases convert by the stream's matrix and range, as FFmpeg's scale filter does (PyAV's
+    reformatter documents an unspecified range by default; these pixels would be off by up to 20 levels)."""
+    from llava_onevision2.processing.codec_sampling_llava_onevision2 import CanvasConverter
+
+    path = str(tmp_path / f"bars_{codec}_{pix_fmt}_{full_range}.mp4")
+    bars = encode_tagged_bars(path, codec, pix_fmt, full_range, matrix)
+    frame_pixels = read_video(path).frames[0]
+    with av.open(path) as container, CanvasConverter() as converter:
+        canvas = converter.canvas_rgb(next(container.decode(video=0)), (64, 192), 0)
+    for bar, (y, u, v) in enumerate(bars):
+        column = bar * 64 + 32
+        expected = expected_rgb(y, u, v, full_range, matrix)
+        np.testing.assert_allclose(frame_pixels[32, column], expected, atol=3)
+        np.testing.assert_allclose(canvas[32, column], expected, atol=3)
