@@ -349,8 +349,8 @@ def test_codec_refuses_frame_settings_it_would_ignore():
         LlavaOnevision2VideoProcessor(**SMALL)(encode_video(num_frames=12), codec_config={"target_canvas": 4})
 
 
-# Luma and chroma coefficients (Kr, Kb) of the two matrices phone and camera video is tagged with.
-KR_KB = {"bt709": (0.2126, 0.0722), "bt470bg": (0.299, 0.114)}
+# Luma and chroma coefficients (Kr, Kb) of the matrices phone and camera video is tagged with.
+KR_KB = {"bt709": (0.2126, 0.0722), "bt470bg": (0.299, 0.114), "bt2020nc": (0.2627, 0.0593)}
 
 
 def expected_rgb(y: float, u: float, v: float, full_range: bool, matrix: str) -> np.ndarray:
@@ -403,6 +403,7 @@ def encode_tagged_bars(path: str, codec: str, pix_fmt: str, full_range: bool, ma
         ("libx264", "yuv420p", True, "bt470bg"),  # full-range H.264 as Android phones record it (yuvj420p)
         ("libx265", "yuv420p10le", True, "bt709"),  # 10-bit full-range HEVC: the range is a tag, not a pixel format
         ("libx265", "yuv420p", False, "bt709"),
+        ("libx265", "yuv420p10le", False, "bt2020nc"),  # iPhone HDR video's matrix (converted, not tone-mapped)
     ],
 )
 def test_pixels_follow_the_streams_colour_tags(tmp_path, codec, pix_fmt, full_range, matrix):
