@@ -9,21 +9,22 @@ uniform sampling. This module reproduces that flow without a patched FFmpeg, for
    then refilled with the nearest unused non-keyframes, and with keyframes when those run out, as released);
 2. geometry: one canvas size for all frames, sides multiples of patch x merge, area about `max_pixels`;
 3. score maps: the released per-macroblock bit-cost where it can be read (`score_source="auto"`, the default:
-   codec-video-prep installed, a file path, H.264/HEVC; `"bitcost"` insists on it). Otherwise, for 8-bit H.264 up
-   to 1080p (`"residual"`; `RESIDUAL_AUTO_MAX_PIXELS`), what the encoder left to code: each block's prediction
-   rebuilt from the decoder's exported motion vectors and the reference pictures they point at
+   codec-video-prep installed, a file path, H.264/HEVC; `"bitcost"` insists on it). Otherwise, for 8-bit H.264 up to
+   1080p (`"residual"`; `RESIDUAL_AUTO_MAX_PIXELS`), what the encoder left to code: each block's prediction rebuilt
+   from the decoder's exported motion vectors and the reference pictures they point at
    (`codec_residual_llava_onevision2`), subtracted from the unfiltered decoded picture, per 4x4 cell log2 of the
-   residual beyond a dead zone, summed per macroblock (`residual_macroblock_scores`). For every other codec and
-   larger frames (`"framediff"`), per 4x4-pixel cell the smallest absolute luma difference over +-`shift_radius`
+   residual beyond a dead zone, summed per macroblock (`residual_macroblock_scores`). For every other codec and larger
+   frames (`"framediff"`), per 4x4-pixel cell the smallest absolute luma difference over +-`shift_radius`
    half-resolution pixels of displacement (motion-tolerant block matching; frames above 1080p are compared at quarter
    resolution, where a cell is one pixel, `ScoringScale`) to the frame the encoder most likely predicted it from (a
    P-frame's anchor, else the frame before: `framediff_references`), summed per 16x16 macroblock and turned into
    modeled bits (`modeled_macroblock_bits`: skipped below a threshold, bits per doubling above it plus a cost for
-   coding the block at all, larger in B-frames, the threshold set so the frame's modeled bits equal its packet bits).
-   Maps take the grid the release reads for the codec (H.264 macroblocks; 64x64 units for HEVC and VP9,
-   `modeled_bits_map`) and go through the released transform: log1p, divided by the frame's 99th percentile, clipped
-   to [0, 1] and resized to the canvas; a block scores the sum of that map over its pixels, added in the release's
-   float32 order (`block_scores`). A frame whose compared frame was not decoded (or without vectors) uses its
+   coding the block at all, larger in B-frames, the threshold set so the frame's modeled bits equal its packet bits; an
+   HEVC picture whose headers give its rows' or slice segments' sizes has each row's bits scaled to its own,
+   `candidate_bit_spans`). Maps take the grid the release reads for the codec (H.264 macroblocks; 64x64 units for HEVC
+   and VP9, `modeled_bits_map`) and go through the released transform: log1p, divided by the frame's 99th percentile,
+   clipped to [0, 1] and resized to the canvas; a block scores the sum of that map over its pixels, added in the
+   release's float32 order (`block_scores`). A frame whose compared frame was not decoded (or without vectors) uses its
    spatial activity instead;
 4. readiness grouping: a group grows from min to max frames until its top-B block sum reaches the video's mean
    fixed-window sum with the selected blocks spread over `coverage_bins` bins, and stops at the first ready end
@@ -74,6 +75,7 @@ from .codec_segments_llava_onevision2 import (
     run_segments,
     segment_processes,
 )
+from .hevc_slices_llava_onevision2 import PictureSpanReader, PictureSpans
 from .mp4_index_llava_onevision2 import read_mp4_video
 from .order_statistics_llava_onevision2 import distinct_small_integers, linear_percentile
 from .resize_rule_llava_onevision2 import smart_resize
@@ -84,13 +86,15 @@ from .video_decoding_llava_onevision2 import (
     index_video_stream,
     iter_frames,
     load_av,
+    nal_length_size,
     open_video,
     upright,
 )
 
 # 2: framediff on HEVC/VP9 scores 64x64 units; 3: framediff above 1080p compares frames at quarter resolution;
 # 4: framediff compares P-frames with their anchor and models I/P-frames with the smaller skip cost
-CACHE_FORMAT_VERSION = 4
+# 5: framediff spends an HEVC picture's bits per CTB row (or slice segment) where its headers give their sizes
+CACHE_FORMAT_VERSION = 5
 SCORE_SOURCES = ("auto", "residual", "framediff", "bitcost")
 BITCOST_CODECS = ("h264", "hevc")  # what the released patched decoder reads bit-costs from
 BITCOST_GRIDS = ("adaptive", "mb", "sub", "ctu")
@@ -470,13 +474,61 @@ def released_ctu_layout(macroblock_bits: np.ndarray) -> np.ndarray:
 
 
 def modeled_bits_map(
-    cells: np.ndarray, frame_bits: float, codec: str, skip_bits: float = SKIP_BASE_BITS
+    cells: np.ndarray,
+    frame_bits: float,
+    codec: str,
+    skip_bits: float = SKIP_BASE_BITS,
+    spans: PictureSpans | None = None,
+    rotation: float = 0,
 ) -> np.ndarray:
     """`framediff` cell residuals -> modeled bits in the grid the release reads for this codec: macroblocks, or for
     HEVC/VP9 the 64x64 units its adaptive grid uses (the skip model decides per macroblock, as coding units are
-    mostly that size or smaller; a unit costs what its macroblocks cost)."""
-    bits = modeled_macroblock_bits(released_macroblock_layout(cells), frame_bits, skip_bits)
+    mostly that size or smaller; a unit costs what its macroblocks cost). With `spans` (an HEVC picture whose slice
+    segments or wavefront rows state their sizes, `hevc_slices_llava_onevision2`), each span's own bits are spent
+    over its own macroblocks; `rotation` turns the coded picture's spans as the cells were turned upright."""
+    residual = released_macroblock_layout(cells)
+    if spans is not None:
+        bits = modeled_macroblock_bits_in_spans(residual, spans, rotation, skip_bits)
+    else:
+        bits = modeled_macroblock_bits(residual, frame_bits, skip_bits)
     return released_ctu_layout(bits) if codec in CTU_GRID_CODECS else bits
+
+
+def modeled_macroblock_bits_in_spans(
+    residual: np.ndarray, spans: PictureSpans, rotation: float, skip_bits: float
+) -> np.ndarray:
+    """`modeled_macroblock_bits` of the whole picture, each span's share then scaled to the bits the stream states
+    for it: the skip decision stays the picture's, the amount per span becomes exact. A span the model left uncoded
+    stays uncoded (its few bits are headers and skip flags, as a still frame's are). Measured against deciding the
+    skip threshold span by span, and against spreading an uncoded span's bits evenly: this kept agreement with the
+    released HEVC bit-cost at or above 0.45 on all four x265 encodes measured (README)."""
+    owner = macroblock_spans(residual.shape, spans, rotation)
+    whole = modeled_macroblock_bits(residual, float(sum(span[2] for span in spans.spans)), skip_bits)
+    bits = np.zeros(residual.shape, dtype=np.float64)
+    for number, (_, _, span_bits) in enumerate(spans.spans):
+        inside = owner == number
+        modeled = float(whole[inside].sum())
+        if modeled > 0:
+            bits[inside] = whole[inside] * (span_bits / modeled)
+    return bits
+
+
+def macroblock_spans(shape: tuple[int, int], spans: PictureSpans, rotation: float) -> np.ndarray:
+    """The span each macroblock of a released-layout grid (upright, spare column last) lies in; -1 for the spare
+    column and for CTBs no span covers."""
+    rows, cols = shape[0], shape[1] - 1
+    quarter_turns = int(round(rotation / 90)) % 4 if rotation else 0
+    coded_rows, coded_cols = (cols, rows) if quarter_turns % 2 else (rows, cols)
+    shift = spans.ctb_log2 - 4  # macroblocks per CTB side, as a power of two (CTBs are 16 to 64 pixels)
+    ctb_rows = np.minimum(np.arange(coded_rows) >> shift, spans.height_ctbs - 1)
+    ctb_cols = np.minimum(np.arange(coded_cols) >> shift, spans.width_ctbs - 1)
+    span_of_ctb = np.full(spans.width_ctbs * spans.height_ctbs, -1, dtype=np.int64)
+    for number, (first, count, _) in enumerate(spans.spans):
+        span_of_ctb[first : first + count] = number
+    coded = span_of_ctb[ctb_rows[:, None] * spans.width_ctbs + ctb_cols[None, :]]
+    owner = np.full(shape, -1, dtype=np.int64)
+    owner[:, :cols] = upright(coded, rotation)
+    return owner
 
 
 def modeled_macroblock_bits(residual: np.ndarray, frame_bits: float, skip_bits: float = SKIP_BASE_BITS) -> np.ndarray:
@@ -893,6 +945,7 @@ def decode_candidates(
             last_use[reference] = candidate
     wanted = sorted(set(candidate_ids) | set(last_use))
     candidate_set = set(candidate_ids)
+    bit_spans = candidate_bit_spans(container, index, candidate_ids) if framediff else {}
     reformatter = load_av().video.reformatter.VideoReformatter()
     stats = DecodeStats()
     pending, unfinished, geometry, lumas = {}, deque(), None, {}
@@ -916,6 +969,8 @@ def decode_candidates(
                     float(index.packet_bytes[position]) * 8,
                     index.codec,
                     skip_bits_for(position, forward),
+                    bit_spans.get(position),
+                    geometry[0],
                 )
                 unfinished.append(pending[position])
             if position in last_use:
@@ -930,16 +985,52 @@ def decode_candidates(
 
 
 def framediff_bits(
-    luma, reference_luma, scale: ScoringScale, shift_radius: int, frame_bits: float, codec: str, skip_bits: float
+    luma,
+    reference_luma,
+    scale: ScoringScale,
+    shift_radius: int,
+    frame_bits: float,
+    codec: str,
+    skip_bits: float,
+    spans: PictureSpans | None = None,
+    rotation: float = 0,
 ):
     """One candidate's `framediff` map in modeled bits, on the scoring thread (beside the decoder): the motion-tolerant
     difference to the frame it is compared with (`framediff_references`), or its texture when that frame was not
-    decoded."""
+    decoded; `spans`: its bits per span of CTBs where the stream states them (`candidate_bit_spans`)."""
     if reference_luma is None:
         cells = local_contrast(luma, scale.cell)
     else:
         cells = motion_tolerant_difference(luma, reference_luma, scale.radius(shift_radius), scale.cell)
-    return modeled_bits_map(cells, frame_bits, codec, skip_bits)
+    return modeled_bits_map(cells, frame_bits, codec, skip_bits, spans, rotation)
+
+
+def candidate_bit_spans(container, index, candidate_ids: list[int]) -> dict[int, PictureSpans]:
+    """Each HEVC candidate's bits per span of CTBs (CTB rows under wavefront parallel processing, x265's default, or
+    slice segments), where its headers state them, by frame position: one demux pass without decoding, reading the
+    candidates' packets and the keyframes' parameter sets. Empty for other codecs."""
+    if index.codec != "hevc":
+        return {}
+    av = load_av()
+    stream = container.streams.video[0]
+    reader = PictureSpanReader(stream.codec_context.extradata, nal_length_size(stream))
+    wanted = {int(index.pts[position]): position for position in candidate_ids}
+    found = {}
+    try:
+        container.seek(int(index.dts.min()) - max(1, int(1 / index.time_base)), stream=stream, backward=True)
+        for packet in container.demux(stream):
+            if packet.pts is None or packet.size == 0:
+                continue
+            position = wanted.get(packet.pts)
+            if position is not None:
+                spans = reader.spans(bytes(packet))
+                if spans is not None:
+                    found[position] = spans
+            elif packet.is_keyframe:
+                reader.parameter_sets_in(bytes(packet))
+    except av.FFmpegError:
+        pass  # a damaged tail: the candidates read so far keep their spans, the rest is modeled per picture
+    return found
 
 
 def decode_run(request: dict):

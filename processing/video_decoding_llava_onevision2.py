@@ -167,15 +167,16 @@ def nal_length_size(stream) -> int | None:
     return (extradata[offset] & 0x03) + 1 if len(extradata) > offset else 4
 
 
-def slice_nal_headers(data: bytes, length_size: int | None):
-    """`(first byte, length)` of each NAL unit of one packet, MP4-style (length-prefixed) or Annex B (start codes)."""
+def nal_unit_bounds(data: bytes, length_size: int | None):
+    """`(start, end)` of each NAL unit of one packet in `data`, MP4-style (length-prefixed) or Annex B (start
+    codes), without prefixes or start codes."""
     if length_size is not None:
         position = 0
         while position + length_size <= len(data):
             size = int.from_bytes(data[position : position + length_size], "big")
             start = position + length_size
             if size and start < len(data):
-                yield data[start], min(size, len(data) - start)
+                yield start, min(start + size, len(data))
             position = start + size
         return
     starts = []
@@ -184,9 +185,17 @@ def slice_nal_headers(data: bytes, length_size: int | None):
         starts.append(found + 3)
         found = data.find(ANNEX_B_START, found + 3)
     for begin, next_start in zip(starts, starts[1:] + [len(data) + 3]):
-        unit = data[begin : next_start - 3].rstrip(b"\x00")  # a 4-byte start code's leading zero belongs to none
-        if unit:
-            yield unit[0], len(unit)
+        end = next_start - 3
+        while end > begin and data[end - 1] == 0:  # a 4-byte start code's leading zero belongs to no unit
+            end -= 1
+        if end > begin:
+            yield begin, end
+
+
+def slice_nal_headers(data: bytes, length_size: int | None):
+    """`(first byte, length)` of each NAL unit of one packet (`nal_unit_bounds`)."""
+    for start, end in nal_unit_bounds(data, length_size):
+        yield data[start], end - start
 
 
 def picture_facts(data: bytes, codec: str, length_size: int | None) -> tuple[int, bool]:
