@@ -30,6 +30,10 @@ class UnsupportedStream(ValueError):
     """A header this parser cannot read (an extension it does not parse, or data that ends early)."""
 
 
+# What damaged or unexpected headers raise while parsed: an index past a list the stream declared, a missing id
+UNREADABLE = (UnsupportedStream, IndexError, KeyError, ValueError)
+
+
 def without_emulation_prevention(data: bytes) -> tuple[bytes, list[int]]:
     """The RBSP of a NAL unit payload and the positions (in `data`) of the emulation prevention bytes removed."""
     removed, start = [], 0
@@ -563,7 +567,7 @@ class PictureSpanReader:
             else:
                 pps_id, picture = read_pps(rbsp)
                 self.pps[pps_id] = picture
-        except UnsupportedStream:
+        except UNREADABLE:
             pass  # a slice referring to it is then unsupported
 
     def parameter_sets_in(self, data: bytes) -> None:
@@ -583,7 +587,7 @@ class PictureSpanReader:
             elif nal_type < 32:
                 try:
                     segments.append(read_slice_segment(data[start:end], self.sps, self.pps))
-                except UnsupportedStream:
+                except UNREADABLE:  # damaged or unread: the picture is modeled as a whole
                     return None
         if not segments:
             return None

@@ -99,6 +99,29 @@ def test_spans_cover_the_slice_data_byte_for_byte():
         assert 0 < nal_bytes - span_bytes < 64
 
 
+def test_damaged_packets_give_no_spans_and_raise_nothing():
+    data = encode_x265(frames=4)
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        packets = [bytes(packet) for packet in container.demux(stream) if packet.size]
+        extradata, length_size = stream.codec_context.extradata, nal_length_size(stream)
+    rng = np.random.default_rng(1)
+    readable = 0
+    for trial in range(300):
+        reader = PictureSpanReader(extradata, length_size)
+        packet = bytearray(packets[trial % len(packets)])
+        if trial % 3 == 0:
+            packet = packet[: int(rng.integers(5, 40))]  # cut inside the slice header
+        else:
+            for position in rng.integers(length_size + 2, min(len(packet), 40), size=3):  # bits flipped in it
+                packet[position] ^= 1 << int(rng.integers(0, 8))
+        spans = reader.spans(bytes(packet))
+        readable += spans is not None
+        if spans is not None:
+            assert all(count > 0 and bits > 0 for _, count, bits in spans.spans)
+    assert readable < 300  # damage was seen
+
+
 def test_emulation_prevention_bytes_are_removed_and_counted_back():
     payload = bytes([0x12, 0x00, 0x00, 0x03, 0x01, 0x00, 0x00, 0x03, 0x00, 0x7F])
     rbsp, removed = without_emulation_prevention(payload)
