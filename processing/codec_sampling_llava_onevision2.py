@@ -499,9 +499,9 @@ def modeled_macroblock_bits_in_spans(
 ) -> np.ndarray:
     """`modeled_macroblock_bits` of the whole picture, each span's share then scaled to the bits the stream states
     for it: the skip decision stays the picture's, the amount per span becomes exact. A span the model left uncoded
-    stays uncoded (its few bits are headers and skip flags, as a still frame's are). Measured against deciding the
-    skip threshold span by span, and against spreading an uncoded span's bits evenly: this kept agreement with the
-    released HEVC bit-cost at or above 0.45 on all four x265 encodes measured (README)."""
+    stays uncoded (its few bits are headers and skip flags, as a still frame's are). It raised agreement with the
+    released HEVC bit-cost on all four x265 encodes measured, more than deciding the skip threshold span by span or
+    spreading an uncoded span's bits evenly did (README)."""
     owner = macroblock_spans(residual.shape, spans, rotation)
     whole = modeled_macroblock_bits(residual, float(sum(span[2] for span in spans.spans)), skip_bits)
     bits = np.zeros(residual.shape, dtype=np.float64)
