@@ -116,6 +116,14 @@ def clip(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def hevc_clip(tmp_path_factory):
+    """x265 with its default wavefronts: framediff reads each candidate's row bits, in whichever process decodes it."""
+    path = tmp_path_factory.mktemp("segments") / "moving_hevc.mp4"
+    path.write_bytes(encode_moving_box(num_frames=240, gop=30, codec="libx265")[0])
+    return str(path)
+
+
 def fingerprint(sample):
     return sample.canvases.tobytes(), sample.positions.tobytes(), sample.groups, sample.candidate_ids
 
@@ -270,10 +278,12 @@ def test_a_single_request_runs_in_this_process_without_a_temporary_folder(monkey
     assert segments.run_segments("builtins:callable", [lambda: None], timeout=1.0) == ([True], None)
 
 
-@pytest.mark.parametrize("signal", ["framediff", "residual"])
-def test_stock_signals_decoded_in_segments_give_the_one_pass_result(clip, signal):
+@pytest.mark.parametrize("signal", ["framediff", "residual", "framediff on HEVC"])
+def test_stock_signals_decoded_in_segments_give_the_one_pass_result(clip, hevc_clip, signal):
     """Without the released reader: PyAV decodes each run (with the frames before it that scoring needs) in its own
     process; candidates, scores and canvases come out as from one pass."""
+    if signal == "framediff on HEVC":
+        clip, signal = hevc_clip, "framediff"
     config = replace(SMALL, score_source=signal)
     one_pass = sample_codec_video(clip, replace(config, decode_processes=1))
     for processes in (2, 3):
